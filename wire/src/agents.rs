@@ -1,0 +1,54 @@
+//! Agent registration and the agent listing shown in `/status`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::Stage;
+
+/// `POST /v1/agents/register`. Registering again under the same name updates the record
+/// (an agent restarted on the same node keeps its identity).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgentRequest {
+    /// Unique agent name (default on the agent: the hostname).
+    pub name: String,
+    /// Kubernetes node (downward API `NODE_NAME`), if any.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Stages this agent can serve.
+    pub stages: Vec<Stage>,
+    /// Capability tags, e.g. `yt-dlp`, `gpu`, `ffmpeg`. A task that requires a capability is
+    /// only leased to agents that advertise it.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Agent software version (free text, shown in `/status`).
+    pub version: String,
+    /// Must equal the control plane's `PROTOCOL_VERSION`.
+    pub protocol_version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterAgentResponse {
+    pub agent_id: i64,
+    pub protocol_version: u32,
+    /// A lease lasts this long unless extended by a heartbeat.
+    pub lease_ttl_ms: u64,
+    /// Suggested heartbeat period (a third of the TTL).
+    pub heartbeat_interval_ms: u64,
+    /// The longest `wait_ms` a lease request may ask for.
+    pub max_lease_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    pub id: i64,
+    pub name: String,
+    pub node: Option<String>,
+    pub stages: Vec<Stage>,
+    pub capabilities: Vec<String>,
+    pub version: String,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+    /// Seen within the control plane's agent liveness window.
+    pub alive: bool,
+}

@@ -1,0 +1,246 @@
+//! A project's configuration: the extract, filter, dedup and detect parameters of seed 000's
+//! `data-miner-config` ConfigMap, with its defaults. Unknown fields are rejected at every level
+//! so a typo (`treshold`) is an error rather than a silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Everything a project can tune. Every section and field is optional on input and takes
+/// the seed's default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectConfig {
+    pub extract: ExtractConfig,
+    pub filter: FilterConfig,
+    pub dedup: DedupConfig,
+    pub detect: DetectConfig,
+}
+
+/// How frames are sampled from a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractStrategy {
+    /// Source frames 0, N, 2N, … in decode order.
+    #[default]
+    IntervalFrames,
+    /// For k = 0, 1, 2, … the first frame with pts − start_time ≥ k·T.
+    IntervalSeconds,
+    /// ffmpeg's scene score ≥ `scene_threshold`; the first frame is always kept.
+    Scene,
+    /// Mean absolute grey-level difference from the previous frame ≥ `diff_threshold`.
+    Diff,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractConfig {
+    pub strategy: ExtractStrategy,
+    /// N for `interval_frames`.
+    pub interval_frames: u32,
+    /// T (seconds) for `interval_seconds`.
+    pub interval_seconds: f64,
+    pub scene_threshold: f64,
+    pub diff_threshold: f64,
+    pub max_frames_per_video: u32,
+    /// JPEG quality on the seed's 0–100 scale.
+    pub jpeg_quality: u32,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self {
+            strategy: ExtractStrategy::IntervalFrames,
+            interval_frames: 30,
+            interval_seconds: 1.0,
+            scene_threshold: 0.3,
+            diff_threshold: 30.0,
+            max_frames_per_video: 5000,
+            jpeg_quality: 95,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Name of the image–text model package on the agents.
+    pub model: String,
+    pub batch_size: u32,
+    /// A frame is kept when its best positive score is at least this…
+    pub threshold: f64,
+    /// …and beats the best negative score by at least this.
+    pub margin_threshold: f64,
+    pub positive_prompts: Vec<String>,
+    pub negative_prompts: Vec<String>,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        Self {
+            model: "siglip2".into(),
+            batch_size: 32,
+            threshold: 0.25,
+            margin_threshold: 0.05,
+            positive_prompts: Vec::new(),
+            negative_prompts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    pub model: String,
+    pub batch_size: u32,
+    /// A frame is dropped when its cosine similarity to a kept frame is at least this.
+    pub threshold: f64,
+    pub k_neighbors: u32,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self { model: "dino".into(), batch_size: 64, threshold: 0.90, k_neighbors: 50 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub model: String,
+    pub batch_size: u32,
+    /// Minimum box score.
+    pub threshold: f64,
+    /// Prompts to detect; empty means the filter's positive prompts.
+    pub prompts: Vec<String>,
+    pub save_visualizations: bool,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            model: "grounding_dino".into(),
+            batch_size: 16,
+            threshold: 0.3,
+            prompts: Vec::new(),
+            save_visualizations: true,
+        }
+    }
+}
+
+const MAX_PROMPTS: usize = 256;
+const MAX_PROMPT_CHARS: usize = 500;
+const MAX_MODEL_NAME_CHARS: usize = 128;
+
+impl ProjectConfig {
+    /// Every problem with this configuration, each naming the field; empty when valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let e = &self.extract;
+        if e.interval_frames == 0 {
+            p.push("extract.interval_frames must be at least 1".into());
+        }
+        check_range(&mut p, "extract.interval_seconds", e.interval_seconds, 0.001, 86_400.0);
+        check_range(&mut p, "extract.scene_threshold", e.scene_threshold, 0.0, 1.0);
+        check_range(&mut p, "extract.diff_threshold", e.diff_threshold, 0.0, 255.0);
+        if !(1..=1_000_000).contains(&e.max_frames_per_video) {
+            p.push("extract.max_frames_per_video must be between 1 and 1000000".into());
+        }
+        if !(1..=100).contains(&e.jpeg_quality) {
+            p.push("extract.jpeg_quality must be between 1 and 100".into());
+        }
+        let f = &self.filter;
+        check_model(&mut p, "filter.model", &f.model);
+        check_batch(&mut p, "filter.batch_size", f.batch_size);
+        check_range(&mut p, "filter.threshold", f.threshold, -1.0, 1.0);
+        check_range(&mut p, "filter.margin_threshold", f.margin_threshold, -2.0, 2.0);
+        if f.positive_prompts.is_empty() {
+            p.push("filter.positive_prompts must name at least one prompt".into());
+        }
+        check_prompts(&mut p, "filter.positive_prompts", &f.positive_prompts);
+        check_prompts(&mut p, "filter.negative_prompts", &f.negative_prompts);
+        let d = &self.dedup;
+        check_model(&mut p, "dedup.model", &d.model);
+        check_batch(&mut p, "dedup.batch_size", d.batch_size);
+        check_range(&mut p, "dedup.threshold", d.threshold, -1.0, 1.0);
+        if !(1..=10_000).contains(&d.k_neighbors) {
+            p.push("dedup.k_neighbors must be between 1 and 10000".into());
+        }
+        let t = &self.detect;
+        check_model(&mut p, "detect.model", &t.model);
+        check_batch(&mut p, "detect.batch_size", t.batch_size);
+        check_range(&mut p, "detect.threshold", t.threshold, 0.0, 1.0);
+        check_prompts(&mut p, "detect.prompts", &t.prompts);
+        p
+    }
+}
+
+fn check_range(p: &mut Vec<String>, field: &str, v: f64, lo: f64, hi: f64) {
+    if !v.is_finite() || v < lo || v > hi {
+        p.push(format!("{field} must be between {lo} and {hi}"));
+    }
+}
+
+fn check_batch(p: &mut Vec<String>, field: &str, v: u32) {
+    if !(1..=4096).contains(&v) {
+        p.push(format!("{field} must be between 1 and 4096"));
+    }
+}
+
+fn check_model(p: &mut Vec<String>, field: &str, v: &str) {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_MODEL_NAME_CHARS
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !v.starts_with('.');
+    if !ok {
+        p.push(format!("{field} must be 1-{MAX_MODEL_NAME_CHARS} characters of [A-Za-z0-9._-], not starting with '.'"));
+    }
+}
+
+fn check_prompts(p: &mut Vec<String>, field: &str, prompts: &[String]) {
+    if prompts.len() > MAX_PROMPTS {
+        p.push(format!("{field} has more than {MAX_PROMPTS} prompts"));
+    }
+    if prompts.iter().any(|s| s.trim().is_empty() || s.chars().count() > MAX_PROMPT_CHARS) {
+        p.push(format!("{field} entries must be non-blank and at most {MAX_PROMPT_CHARS} characters"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = ProjectConfig::default();
+        assert_eq!(c.extract.interval_frames, 30);
+        assert_eq!(c.extract.max_frames_per_video, 5000);
+        assert_eq!(c.extract.jpeg_quality, 95);
+        assert_eq!(c.filter.threshold, 0.25);
+        assert_eq!(c.filter.margin_threshold, 0.05);
+        assert_eq!(c.dedup.threshold, 0.90);
+        assert_eq!(c.dedup.k_neighbors, 50);
+        assert_eq!(c.detect.threshold, 0.3);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_at_every_level() {
+        for body in [r#"{"extrac":{}}"#, r#"{"filter":{"treshold":0.3}}"#, r#"{"dedup":{"k":3}}"#] {
+            assert!(serde_json::from_str::<ProjectConfig>(body).is_err(), "{body} accepted");
+        }
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        let mut c = ProjectConfig::default();
+        c.filter.positive_prompts = vec!["a glass door".into()];
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.extract.jpeg_quality = 0;
+        c.dedup.threshold = 1.5;
+        c.filter.model = "../x".into();
+        let p = c.problems();
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].starts_with("extract.jpeg_quality"));
+        assert!(p[1].starts_with("filter.model"));
+        assert!(p[2].starts_with("dedup.threshold"));
+    }
+}

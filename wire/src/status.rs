@@ -1,0 +1,34 @@
+//! `GET /status`: the operator's one-page summary.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{AgentView, ProjectState};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusReport {
+    /// Database clock, epoch ms.
+    pub now_ms: i64,
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Task counts: stage → state → count (every stage and state present).
+    pub tasks: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Age of the oldest runnable queued task per stage (ms); absent when none is queued.
+    pub oldest_queued_ms: BTreeMap<String, i64>,
+    /// Video counts by state.
+    pub videos: BTreeMap<String, i64>,
+    pub projects: Vec<ProjectSummary>,
+    pub agents_alive: i64,
+    pub agents: Vec<AgentView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectSummary {
+    pub name: String,
+    pub state: ProjectState,
+    pub videos: i64,
+    /// Project-video counts by state (only states with videos).
+    pub by_state: BTreeMap<String, i64>,
+}

@@ -1,0 +1,330 @@
+//! The task and lease protocol: stages, task states, and the bodies of lease, heartbeat,
+//! complete, fail and release. Every write to a leased task carries its `lease_token`
+//! (the fencing token); a stale token is refused with 409 and changes nothing.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{DedupConfig, DetectConfig, ExtractConfig, FilterConfig};
+
+/// A pipeline stage. download and extract are per video; filter, dedup and detect are per
+/// (project, video).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Download,
+    Extract,
+    Filter,
+    Dedup,
+    Detect,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [Stage::Download, Stage::Extract, Stage::Filter, Stage::Dedup, Stage::Detect];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Download => "download",
+            Stage::Extract => "extract",
+            Stage::Filter => "filter",
+            Stage::Dedup => "dedup",
+            Stage::Detect => "detect",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the stage works on a (project, video) pair rather than a video.
+    pub fn is_project_stage(self) -> bool {
+        matches!(self, Stage::Filter | Stage::Dedup | Stage::Detect)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `queued → leased → succeeded`; `leased → queued` on a retryable failure, an expired lease
+/// or a release; `dead` after a fatal failure or the last attempt; `cancelled` by a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Leased,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 5] =
+        [TaskState::Queued, TaskState::Leased, TaskState::Succeeded, TaskState::Dead, TaskState::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Leased => "leased",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// `POST /v1/leases`: ask for up to `max_tasks` tasks of `stages`, waiting up to `wait_ms`
+/// for one to become available (long poll).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub agent_id: i64,
+    pub stages: Vec<Stage>,
+    /// 1 to 64.
+    #[serde(default = "one")]
+    pub max_tasks: u32,
+    /// 0 returns at once; capped by the control plane's `max_lease_wait_ms`.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseResponse {
+    pub tasks: Vec<LeasedTask>,
+}
+
+/// A task handed to an agent, with everything it needs to run it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeasedTask {
+    pub task_id: i64,
+    pub stage: Stage,
+    /// Fencing token: present it on every heartbeat, complete, fail and release.
+    pub lease_token: i64,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// The lease ends this long after it was granted unless a heartbeat extends it.
+    pub lease_ttl_ms: u64,
+    /// Hard run-time limit of the attempt, whatever the heartbeats say.
+    pub time_limit_ms: u64,
+    /// The directory (relative to the data root) this attempt must write its outputs into.
+    /// Output paths in the completion must lie inside it.
+    pub attempt_dir: String,
+    pub input: TaskInput,
+}
+
+/// Stage inputs. Paths are relative to the shared data root and come from what the control
+/// plane recorded, never from an agent's local configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct TaskInput {
+    pub video_id: i64,
+    /// download: the source URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// download: `direct` (streamed over HTTP) or `platform` (yt-dlp).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_kind: Option<String>,
+    /// extract: the downloaded file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extract: Option<ExtractConfig>,
+    /// filter: the extracted frames and their manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect: Option<DetectConfig>,
+    /// dedup: this video's filter output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered_dir: Option<String>,
+    /// dedup: dedup outputs of the project's videos already in the kept set, in the order
+    /// they entered it (replaying this order reproduces the project's result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prior_kept_dirs: Vec<String>,
+    /// detect: this video's dedup output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deduped_dir: Option<String>,
+}
+
+/// `POST /v1/tasks/{id}/heartbeat`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub lease_token: i64,
+    /// Free-form progress (bytes, frames, percent), shown on the task.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    /// True when a user cancelled the task: stop working on it and do not complete it.
+    pub cancelled: bool,
+    /// Remaining lease after this heartbeat (0 when cancelled).
+    pub lease_expires_in_ms: u64,
+}
+
+/// A stage's result, reported on completion. The variant must match the task's stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "stage", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StageResult {
+    Download {
+        /// The downloaded file, inside the attempt directory.
+        file_path: String,
+        /// Lowercase hex SHA-256 of the file.
+        sha256: String,
+        size_bytes: i64,
+        duration_s: Option<f64>,
+        fps: Option<f64>,
+        width: Option<i64>,
+        height: Option<i64>,
+        codec: Option<String>,
+    },
+    Extract {
+        frames_dir: String,
+        manifest_path: String,
+        frame_count: i64,
+    },
+    Filter {
+        output_dir: String,
+        frames_in: i64,
+        frames_kept: i64,
+    },
+    Dedup {
+        output_dir: String,
+        frames_in: i64,
+        frames_kept: i64,
+    },
+    Detect {
+        output_dir: String,
+        frames_in: i64,
+        detections: i64,
+    },
+}
+
+impl StageResult {
+    pub fn stage(&self) -> Stage {
+        match self {
+            StageResult::Download { .. } => Stage::Download,
+            StageResult::Extract { .. } => Stage::Extract,
+            StageResult::Filter { .. } => Stage::Filter,
+            StageResult::Dedup { .. } => Stage::Dedup,
+            StageResult::Detect { .. } => Stage::Detect,
+        }
+    }
+}
+
+/// `POST /v1/tasks/{id}/complete`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub lease_token: i64,
+    pub result: StageResult,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompleteResponse {
+    pub task_id: i64,
+    /// True when this completion had already been accepted (a retried request).
+    pub duplicate: bool,
+}
+
+/// `POST /v1/tasks/complete`: several completions in one round trip (at most 64).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCompleteRequest {
+    pub completions: Vec<BatchCompletion>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCompletion {
+    pub task_id: i64,
+    pub lease_token: i64,
+    pub result: StageResult,
+}
+
+/// One outcome per completion, in request order; each is accepted or refused on its own.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchCompleteResponse {
+    pub results: Vec<BatchCompleteOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchCompleteOutcome {
+    pub task_id: i64,
+    /// HTTP status the single-task call would have returned (200, 409, 422, 404).
+    pub status: u16,
+    pub duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ErrorDetail>,
+}
+
+/// `POST /v1/tasks/{id}/fail`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    pub lease_token: i64,
+    /// What went wrong (stored as the task's last error; at most 4 KiB kept).
+    pub error: String,
+    /// Retryable failures are requeued with backoff until max_attempts; fatal ones are dead.
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FailResponse {
+    /// `queued` (will be retried) or `dead`.
+    pub state: TaskState,
+    /// When queued: the earliest time it may run again (epoch ms, database clock).
+    pub run_after_ms: Option<i64>,
+}
+
+/// `POST /v1/tasks/{id}/release`: give a task back on shutdown; the attempt is not counted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub lease_token: i64,
+}
+
+/// A task as users see it (video detail, dead-task list).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    pub id: i64,
+    pub stage: Stage,
+    pub state: TaskState,
+    pub video_id: i64,
+    pub project: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub priority: i64,
+    pub run_after_ms: i64,
+    pub leased_by: Option<i64>,
+    pub lease_expires_at_ms: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
