@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod config;
 pub mod error;
+pub mod net;
 pub mod projects;
 pub mod status;
 pub mod tasks;

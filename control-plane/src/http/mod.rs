@@ -1,0 +1,163 @@
+//! The HTTP surface: one router per resource, merged here behind their auth roles, with the
+//! OpenAPI document generated from the same handlers (utoipa) so the spec cannot drift from
+//! the code. Handlers are thin: parse, call the store, shape the answer.
+
+pub mod auth;
+pub mod error;
+mod agents;
+mod ops;
+mod projects;
+mod tasks;
+mod videos;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the handlers need besides the store.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub user_token: Option<String>,
+    pub agent_token: Option<String>,
+    pub max_lease_wait: Duration,
+    pub poll_fallback: Duration,
+    pub heartbeat_interval_ms: u64,
+    pub max_urls_per_request: usize,
+    pub platform_hosts: Vec<String>,
+    pub allow_hosts: Vec<String>,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub http: Arc<HttpSettings>,
+    pub metrics: Metrics,
+    /// Cancelled at shutdown: long polls return at once.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "dataminer control plane",
+        description = "Mines image datasets out of videos: projects, videos, the agent lease protocol and operations.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "projects", description = "Projects and their configuration"),
+        (name = "videos", description = "Video submission, state, retry and cancel"),
+        (name = "tasks", description = "Dead tasks (users) and the lease protocol (agents)"),
+        (name = "agents", description = "Agent registration"),
+        (name = "operations", description = "Status, metrics, health")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["user_token", "agent_token"] {
+            components.add_security_scheme(name, SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        }
+    }
+}
+
+fn user_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(projects::router())
+        .merge(videos::router())
+        .merge(tasks::user_router())
+        .merge(agents::user_router())
+        .merge(ops::user_router())
+}
+
+fn agent_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(agents::agent_router()).merge(tasks::agent_router())
+}
+
+/// The OpenAPI document (also what `control-plane openapi` prints and the drift test checks).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .merge(user_routes())
+        .merge(agent_routes())
+        .merge(ops::open_router())
+        .split_for_parts()
+        .1
+}
+
+/// The complete application router.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(user_routes().route_layer(middleware::from_fn_with_state(state.clone(), auth::require_user)))
+        .merge(agent_routes().route_layer(middleware::from_fn_with_state(state.clone(), auth::require_agent)))
+        .merge(ops::open_router())
+        .split_for_parts();
+    let docs = ops::docs_router(api).route_layer(middleware::from_fn_with_state(state.clone(), auth::require_any));
+    router
+        .merge(docs)
+        .layer(middleware::from_fn_with_state(state.clone(), track_http))
+        .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+/// Request duration by method, route template and status.
+async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let route = route.unwrap_or_else(|| "unmatched".to_string());
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[method.as_str(), route.as_str(), resp.status().as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Pagination shared by the list routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Return items with ids after this cursor (the previous page's `next_cursor`).
+    pub after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+pub const MAX_PAGE: i64 = 1000;
+
+pub fn page_limit(limit: Option<i64>) -> Result<i64, error::ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(l) if (1..=MAX_PAGE).contains(&l) => Ok(l),
+        Some(l) => Err(error::ApiError::bad_request("invalid_query", format!("limit {l} must be between 1 and {MAX_PAGE}"))),
+    }
+}
+
+/// A page whose cursor is the last item's id when the page is full.
+pub fn page<T>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> dataminer_wire::Page<T> {
+    let next_cursor = if items.len() as i64 == limit { items.last().map(id) } else { None };
+    dataminer_wire::Page { items, next_cursor }
+}

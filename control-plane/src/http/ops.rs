@@ -1,0 +1,170 @@
+//! Operations routes: `/status` (JSON, or a table for `Accept: text/plain` / `?format=text`),
+//! `/metrics`, `/healthz` (process alive, no database), `/readyz` (database reachable),
+//! `/openapi.json` and the interactive docs at `/docs`.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use dataminer_wire::{ErrorBody, StatusReport};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_scalar::{Scalar, Servable};
+
+use super::error::{ApiError, AppJson, AppQuery};
+use super::AppState;
+
+pub fn user_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(status))
+}
+
+pub fn open_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+}
+
+pub fn docs_router(api: utoipa::openapi::OpenApi) -> Router<AppState> {
+    let json = api.to_pretty_json().unwrap_or_default();
+    Router::new()
+        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], json) }))
+        .merge(Scalar::with_url("/docs", api))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// `text` for a readable table (same as `Accept: text/plain`).
+    format: Option<String>,
+}
+
+/// Counts per stage and state, per project, agents alive, oldest queued task age.
+#[utoipa::path(get, path = "/status", tag = "operations", params(StatusQuery),
+    security(("user_token" = [])),
+    responses((status = 200, body = StatusReport, content_type = "application/json"),
+        (status = 200, description = "Readable table", body = String, content_type = "text/plain")))]
+async fn status(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    AppQuery(q): AppQuery<StatusQuery>,
+) -> Result<Response, ApiError> {
+    let text = match q.format.as_deref() {
+        Some("text") => true,
+        Some("json") => false,
+        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("format {other:?} must be text or json"))),
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
+    };
+    let report = s.store.status_report().await?;
+    if text {
+        Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], render_text(&report)).into_response())
+    } else {
+        Ok(AppJson(report).into_response())
+    }
+}
+
+fn age(ms: i64) -> String {
+    match ms {
+        m if m < 10_000 => format!("{:.1}s", m as f64 / 1000.0),
+        m if m < 3_600_000 => format!("{}m{:02}s", m / 60_000, (m / 1000) % 60),
+        m => format!("{}h{:02}m", m / 3_600_000, (m / 60_000) % 60),
+    }
+}
+
+/// The table `curl -H 'Accept: text/plain' /status` prints.
+pub fn render_text(r: &StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "dataminer status ({} backend)\n", r.backend);
+    let _ = writeln!(o, "{:<10}{:>9}{:>9}{:>11}{:>9}{:>11}  oldest queued", "TASKS", "queued", "leased", "succeeded", "dead", "cancelled");
+    for (stage, per) in &r.tasks {
+        let g = |k: &str| per.get(k).copied().unwrap_or(0);
+        let oldest = r.oldest_queued_ms.get(stage).map(|m| age(*m)).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "{:<10}{:>9}{:>9}{:>11}{:>9}{:>11}  {}",
+            stage,
+            g("queued"),
+            g("leased"),
+            g("succeeded"),
+            g("dead"),
+            g("cancelled"),
+            oldest
+        );
+    }
+    let _ = writeln!(o, "\nVIDEOS");
+    for (state, n) in &r.videos {
+        let _ = writeln!(o, "  {state:<14}{n:>8}");
+    }
+    let _ = writeln!(o, "\nPROJECTS");
+    if r.projects.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for p in &r.projects {
+        let states: Vec<String> = p.by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
+        let _ = writeln!(o, "  {:<24}{:<10} videos={:<6} {}", p.name, format!("{:?}", p.state).to_uppercase(), p.videos, states.join(" "));
+    }
+    let _ = writeln!(o, "\nAGENTS ({} alive of {})", r.agents_alive, r.agents.len());
+    for a in &r.agents {
+        let stages: Vec<&str> = a.stages.iter().map(|s| s.as_str()).collect();
+        let _ = writeln!(
+            o,
+            "  {:<28}{:<6} seen {} ago  node={}  stages={}  v{}",
+            a.name,
+            if a.alive { "alive" } else { "stale" },
+            age((r.now_ms - a.last_seen_ms).max(0)),
+            a.node.as_deref().unwrap_or("-"),
+            stages.join(","),
+            a.version
+        );
+    }
+    o
+}
+
+/// Liveness: the process answers. Never touches the database.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = String), (status = 503, body = ErrorBody)))]
+async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), s.store.ping()).await {
+        Ok(Ok(())) => Ok("ready"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database unreachable"))
+        }
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database did not answer within 2 s")),
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, body = String, content_type = "text/plain")))]
+async fn metrics(State(s): State<AppState>) -> Response {
+    // Gauges come from the database at scrape time; a failed read leaves them as they were.
+    match s.store.queue_snapshot().await {
+        Ok((_, snap)) => {
+            s.metrics.tasks.reset();
+            for stage in dataminer_wire::Stage::ALL {
+                for state in dataminer_wire::TaskState::ALL {
+                    let n = snap.counts.get(&(stage.as_str().to_string(), state.as_str().to_string())).copied().unwrap_or(0);
+                    s.metrics.tasks.with_label_values(&[stage.as_str(), state.as_str()]).set(n);
+                }
+                let oldest = snap.oldest_queued_ms.get(stage.as_str()).copied().unwrap_or(0);
+                s.metrics.oldest_queued.with_label_values(&[stage.as_str()]).set(oldest / 1000);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: queue snapshot failed"),
+    }
+    if let Ok(agents) = s.store.list_agents().await {
+        let alive = agents.iter().filter(|a| a.alive).count() as i64;
+        s.metrics.agents.with_label_values(&["alive"]).set(alive);
+        s.metrics.agents.with_label_values(&["stale"]).set(agents.len() as i64 - alive);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}

@@ -1,0 +1,75 @@
+//! What differs between the two databases, in one place. SQLite has no `SKIP LOCKED`, no
+//! NOTIFY and must take its write lock up front (`BEGIN IMMEDIATE`, on a single writer
+//! connection — one control-plane process per SQLite file); PostgreSQL locks candidate rows
+//! with `FOR UPDATE SKIP LOCKED`, tells other replicas about new work with `pg_notify` (sent
+//! at commit, one per stage per transaction) and reports concurrency-key races as unique
+//! violations that the lease path retries.
+
+use dataminer_wire::Stage;
+use sqlx::{Any, AnyPool, Transaction};
+
+/// The channel other replicas LISTEN on; the payload is the stage name.
+pub const NOTIFY_CHANNEL: &str = "dataminer_tasks";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    pub(crate) async fn begin_write(self, pool: &AnyPool) -> sqlx::Result<Transaction<'static, Any>> {
+        match self {
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => pool.begin().await,
+        }
+    }
+
+    /// Epoch milliseconds from the database clock.
+    pub(crate) fn now_sql(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Backend::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// Row locking for the lease candidate query. SQLite needs none: `BEGIN IMMEDIATE` on
+    /// the single writer already excludes every other writer.
+    pub(crate) fn lock_candidates(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE OF t SKIP LOCKED",
+        }
+    }
+
+    pub(crate) async fn notify_replicas(self, tx: &mut Transaction<'static, Any>, stages: &[Stage]) -> sqlx::Result<()> {
+        if self == Backend::Postgres {
+            for s in stages {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(s.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True for a unique-constraint violation (SQLite 2067/1555, PostgreSQL 23505).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("23505") | Some("2067") | Some("1555"))
+                || db.kind() == sqlx::error::ErrorKind::UniqueViolation
+        }
+        _ => false,
+    }
+}

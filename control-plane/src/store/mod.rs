@@ -1,0 +1,296 @@
+//! The job store: every durable fact (projects, videos, project-videos, tasks, agents) and
+//! every state transition, behind one API used by the HTTP handlers and the reaper. SQL is
+//! written once in the dialect both backends accept (sqlx's `Any` driver, `$N` placeholders,
+//! epoch-millisecond integers, JSON as text); where SQLite and PostgreSQL truly differ — how a
+//! write transaction starts, row locking, cross-replica notification, the clock expression —
+//! the [`Backend`] decides (see `backend.rs`). Each submodule owns one domain.
+
+mod agents;
+mod backend;
+mod pipeline;
+mod projects;
+mod rows;
+mod status;
+mod tasks;
+mod videos;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataminer_wire::Stage;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Transaction};
+
+pub use backend::{Backend, NOTIFY_CHANNEL};
+pub use tasks::{CompleteOutcome, FailOutcome, HeartbeatOutcome, ReapReport, MAX_BATCH};
+pub use videos::VideoFilter;
+
+use crate::metrics::Metrics;
+use crate::wakeup::Wakeup;
+
+/// Everything the store can refuse. Handlers map each variant to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// 404: the named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request conflicts with the current state (lost lease, duplicate name, …).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 422: well-formed but semantically invalid input.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that our own code wrote but cannot be read back: a bug or a hand-edited database.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Conflict { code, message: message.into() }
+    }
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        StoreError::Invalid { code, message: message.into() }
+    }
+}
+
+/// Per-stage values (time limits).
+#[derive(Debug, Clone, Copy)]
+pub struct PerStage<T> {
+    pub download: T,
+    pub extract: T,
+    pub filter: T,
+    pub dedup: T,
+    pub detect: T,
+}
+
+impl<T: Copy> PerStage<T> {
+    pub fn get(&self, s: Stage) -> T {
+        match s {
+            Stage::Download => self.download,
+            Stage::Extract => self.extract,
+            Stage::Filter => self.filter,
+            Stage::Dedup => self.dedup,
+            Stage::Detect => self.detect,
+        }
+    }
+}
+
+/// Tunables of the task protocol (from the control plane's config).
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub lease_ttl_ms: i64,
+    pub max_attempts: i64,
+    pub retry_base_ms: i64,
+    pub retry_max_ms: i64,
+    pub time_limit_ms: PerStage<i64>,
+    pub agent_alive_ms: i64,
+    /// Hosts whose URLs are downloaded by yt-dlp (exact host or any subdomain).
+    pub platform_hosts: Vec<String>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            lease_ttl_ms: 30_000,
+            max_attempts: 5,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            time_limit_ms: PerStage {
+                download: 3_600_000,
+                extract: 3_600_000,
+                filter: 7_200_000,
+                dedup: 7_200_000,
+                detect: 7_200_000,
+            },
+            agent_alive_ms: 60_000,
+            platform_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    /// SQLite: one connection, so writers queue in-process instead of spinning on
+    /// SQLITE_BUSY. PostgreSQL: the same pool as `reader`.
+    writer: AnyPool,
+    reader: AnyPool,
+    settings: StoreSettings,
+    wakeup: Wakeup,
+    metrics: Metrics,
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub enum DatabaseLocation {
+    SqliteFile(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(
+        location: &DatabaseLocation,
+        settings: StoreSettings,
+        wakeup: Wakeup,
+        metrics: Metrics,
+    ) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, writer, reader) = match location {
+            DatabaseLocation::SqliteFile(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Database(sqlx::Error::Configuration(
+                            format!("cannot create {}: {e}", dir.display()).into(),
+                        ))
+                    })?;
+                }
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let writer = sqlite_pool(&url, 1).await?;
+                // WAL must be on before readers open, and it persists in the file.
+                sqlx::query("PRAGMA journal_mode=WAL").execute(&writer).await?;
+                let reader = sqlite_pool(&url, 4).await?;
+                (Backend::Sqlite, writer, reader)
+            }
+            DatabaseLocation::Postgres(url) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(32)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                (Backend::Postgres, pool.clone(), pool)
+            }
+        };
+        let store = Store { inner: Arc::new(Inner { backend, writer, reader, settings, wakeup, metrics }) };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the pending migrations of this backend (idempotent).
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.inner.backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        migrator.run(&self.inner.writer).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.inner.settings
+    }
+
+    pub fn wakeup(&self) -> &Wakeup {
+        &self.inner.wakeup
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.inner.reader
+    }
+
+    /// Starts a write transaction the backend's way (SQLite: `BEGIN IMMEDIATE`, so the
+    /// write lock is taken up front and a read-then-write can never be invalidated).
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(self.inner.backend.begin_write(&self.inner.writer).await?)
+    }
+
+    /// The database clock in epoch milliseconds. Leases, backoff and expiry all use it, so
+    /// agents' and replicas' clocks never matter.
+    pub(crate) async fn now(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
+        let now: i64 = sqlx::query_scalar(self.inner.backend.now_sql()).fetch_one(&mut **tx).await?;
+        Ok(now)
+    }
+
+    pub(crate) async fn now_read(&self) -> Result<i64> {
+        let now: i64 = sqlx::query_scalar(self.inner.backend.now_sql()).fetch_one(&self.inner.reader).await?;
+        Ok(now)
+    }
+
+    /// Readiness: can we run a query?
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.inner.reader).await?;
+        Ok(())
+    }
+
+    /// Commits and then wakes long-polling lease requests for the stages that got new work.
+    /// Waking happens only after the commit so a woken leaser always sees the rows.
+    pub(crate) async fn commit_and_wake(&self, tx: Transaction<'static, Any>, woken: &[Stage]) -> Result<()> {
+        let mut tx = tx;
+        let mut stages: Vec<Stage> = woken.to_vec();
+        stages.sort();
+        stages.dedup();
+        self.inner.backend.notify_replicas(&mut tx, &stages).await?;
+        tx.commit().await?;
+        self.inner.wakeup.notify(&stages);
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.inner.writer.close().await;
+        self.inner.reader.close().await;
+    }
+}
+
+async fn sqlite_pool(url: &str, max: u32) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                // busy_timeout covers the reader pool racing a checkpoint; foreign keys are
+                // off by default in SQLite.
+                conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+/// Builds `$a, $a+1, …` for an IN list starting at placeholder `start`.
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 4);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('$');
+        s.push_str(&(start + i).to_string());
+    }
+    s
+}
+
+/// Truncates stored error text so one pathological message cannot bloat every row and page.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,107 @@
+//! Read-only roll-ups for `/status` and the scrape-time gauges of `/metrics`.
+
+use std::collections::BTreeMap;
+
+use dataminer_wire::{ProjectState, ProjectSummary, ProjectVideoState, Stage, StatusReport, TaskState, VideoState};
+use sqlx::Row;
+
+use super::{Result, Store};
+
+/// Task counts by (stage, state) plus the oldest runnable queued task per stage.
+#[derive(Debug, Clone, Default)]
+pub struct QueueSnapshot {
+    pub counts: BTreeMap<(String, String), i64>,
+    pub oldest_queued_ms: BTreeMap<String, i64>,
+}
+
+impl Store {
+    pub async fn queue_snapshot(&self) -> Result<(i64, QueueSnapshot)> {
+        let now = self.now_read().await?;
+        let rows = sqlx::query("SELECT stage, state, COUNT(*) AS n FROM tasks GROUP BY stage, state")
+            .fetch_all(self.reader())
+            .await?;
+        let mut snap = QueueSnapshot::default();
+        for r in &rows {
+            snap.counts.insert((r.try_get("stage")?, r.try_get("state")?), r.try_get("n")?);
+        }
+        let rows = sqlx::query(
+            "SELECT stage, MIN(run_after) AS oldest FROM tasks WHERE state = 'queued' AND run_after <= $1 GROUP BY stage",
+        )
+        .bind(now)
+        .fetch_all(self.reader())
+        .await?;
+        for r in &rows {
+            let oldest: Option<i64> = r.try_get("oldest")?;
+            if let Some(o) = oldest {
+                snap.oldest_queued_ms.insert(r.try_get("stage")?, (now - o).max(0));
+            }
+        }
+        Ok((now, snap))
+    }
+
+    pub async fn status_report(&self) -> Result<StatusReport> {
+        let (now, snap) = self.queue_snapshot().await?;
+        let mut tasks: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for stage in Stage::ALL {
+            let per: BTreeMap<String, i64> = TaskState::ALL
+                .iter()
+                .map(|st| {
+                    let n = snap.counts.get(&(stage.as_str().to_string(), st.as_str().to_string())).copied().unwrap_or(0);
+                    (st.as_str().to_string(), n)
+                })
+                .collect();
+            tasks.insert(stage.as_str().to_string(), per);
+        }
+        let mut videos: BTreeMap<String, i64> = VideoState::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+        for r in sqlx::query("SELECT state, COUNT(*) AS n FROM videos GROUP BY state").fetch_all(self.reader()).await? {
+            videos.insert(r.try_get("state")?, r.try_get("n")?);
+        }
+        let rows = sqlx::query(
+            "SELECT p.name, p.cancelled, pv.state, COUNT(pv.video_id) AS n FROM projects p \
+             LEFT JOIN project_videos pv ON pv.project_id = p.id GROUP BY p.name, p.cancelled, pv.state ORDER BY p.name",
+        )
+        .fetch_all(self.reader())
+        .await?;
+        let mut projects: Vec<ProjectSummary> = Vec::new();
+        for r in &rows {
+            let name: String = r.try_get("name")?;
+            let cancelled: i64 = r.try_get("cancelled")?;
+            let state: Option<String> = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            if projects.last().is_none_or(|p| p.name != name) {
+                projects.push(ProjectSummary {
+                    name: name.clone(),
+                    state: if cancelled != 0 { ProjectState::Cancelled } else { ProjectState::Active },
+                    videos: 0,
+                    by_state: BTreeMap::new(),
+                });
+            }
+            if let (Some(p), Some(s)) = (projects.last_mut(), state) {
+                p.videos += n;
+                p.by_state.insert(s, n);
+            }
+        }
+        for p in &mut projects {
+            let open: i64 = p
+                .by_state
+                .iter()
+                .filter(|(s, _)| !ProjectVideoState::parse(s).is_some_and(|s| s.is_terminal()))
+                .map(|(_, n)| n)
+                .sum();
+            if p.state == ProjectState::Active && p.videos > 0 && open == 0 {
+                p.state = ProjectState::Complete;
+            }
+        }
+        let agents = self.list_agents().await?;
+        Ok(StatusReport {
+            now_ms: now,
+            backend: self.backend().name().to_string(),
+            tasks,
+            oldest_queued_ms: snap.oldest_queued_ms,
+            videos,
+            projects,
+            agents_alive: agents.iter().filter(|a| a.alive).count() as i64,
+            agents,
+        })
+    }
+}
