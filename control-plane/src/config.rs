@@ -59,6 +59,9 @@ pub struct Config {
     /// PostgreSQL URL (postgres://…). Without it the embedded SQLite file is used.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<Secret>,
+    /// PostgreSQL connection pool size per replica.
+    #[arg(long, env = "DATAMINER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
     /// Directory of the embedded SQLite database (a local disk, never a network filesystem).
     #[arg(long, env = "DATAMINER_STATE_DIR", default_value = "data")]
     pub state_dir: PathBuf,
@@ -171,6 +174,9 @@ impl Config {
         if !(10..=60_000).contains(&self.poll_fallback_ms) {
             p.push("poll fallback must be between 10 ms and 60 s".into());
         }
+        if !(1..=1000).contains(&self.db_max_connections) {
+            p.push("database pool size must be between 1 and 1000".into());
+        }
         if !(1..=100).contains(&self.max_attempts) {
             p.push("max attempts must be between 1 and 100".into());
         }
@@ -224,6 +230,7 @@ impl Config {
             },
             agent_alive_ms: self.agent_alive_ms as i64,
             platform_hosts: self.platform_hosts.clone(),
+            db_max_connections: self.db_max_connections,
         }
     }
 

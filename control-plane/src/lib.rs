@@ -2,6 +2,7 @@
 //! and the lease protocol agents use to do the work. `main.rs` is a thin wrapper around
 //! [`startup::Application`], which the integration tests build the same way.
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;

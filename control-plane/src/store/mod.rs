@@ -93,6 +93,8 @@ pub struct StoreSettings {
     pub agent_alive_ms: i64,
     /// Hosts whose URLs are downloaded by yt-dlp (exact host or any subdomain).
     pub platform_hosts: Vec<String>,
+    /// PostgreSQL connection pool size (SQLite uses one writer and four readers).
+    pub db_max_connections: u32,
 }
 
 impl Default for StoreSettings {
@@ -111,6 +113,7 @@ impl Default for StoreSettings {
             },
             agent_alive_ms: 60_000,
             platform_hosts: Vec::new(),
+            db_max_connections: 16,
         }
     }
 }
@@ -166,7 +169,7 @@ impl Store {
             }
             DatabaseLocation::Postgres(url) => {
                 let pool = AnyPoolOptions::new()
-                    .max_connections(32)
+                    .max_connections(settings.db_max_connections)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
