@@ -16,9 +16,11 @@
 //!
 //! Remove the token check — drop `AND lease_token = $5` from the completion UPDATE in
 //! `store/tasks.rs` and the `t.lease_token != item.lease_token` test before it — and the
-//! stalled holders' completions are accepted while the new holder still has the task
-//! leased: check 3 fails ("stale completion accepted") and check 4 fails (two accepted
-//! completions of one task, successors enqueued twice).
+//! stalled holders' completions are no longer refused as lost leases while the new holder
+//! still has the task: check 3 fails ("stale completion accepted: task N token 1", seen
+//! with status 422, because the attempt-directory check still catches the stale result as a
+//! second line of defence; without that too they are accepted with 200 and check 4 fails
+//! with two accepted completions of one task).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
@@ -197,7 +199,7 @@ async fn lease_history_is_safe(db: Db) {
                         let r = client
                             .post(format!("{base}/v1/tasks/{}/complete", t.task_id))
                             .bearer_auth(AGENT_TOKEN)
-                            .json(&json!({"lease_token": t.lease_token, "result": result_for(&t, 0, 2)}))
+                            .json(&json!({"lease_token": t.lease_token, "result": result_for(&t, t.input.video_id as u64, 2)}))
                             .send()
                             .await
                             .expect("complete");
