@@ -1,12 +1,11 @@
 //! The `control-plane` command line: parse config, set up logging, serve until SIGTERM or
 //! SIGINT (or run a one-shot subcommand). This is the binary edge, so errors are `anyhow`.
 
-
-use anyhow::Context;
-use clap::Parser;
 use crate::config::{Cli, Command};
 use crate::startup::Application;
 use crate::{http, store, telemetry};
+use anyhow::Context;
+use clap::Parser;
 
 /// Runs the `control-plane` command line (shared by the binary and the test harness binary).
 pub async fn run() -> anyhow::Result<()> {

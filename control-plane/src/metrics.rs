@@ -29,10 +29,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let leases = IntCounterVec::new(
-            Opts::new("dataminer_leases_total", "Tasks handed out to agents"),
-            &["stage"],
-        )?;
+        let leases = IntCounterVec::new(Opts::new("dataminer_leases_total", "Tasks handed out to agents"), &["stage"])?;
         let completions = IntCounterVec::new(
             Opts::new("dataminer_completions_total", "Task completions accepted (duplicates not counted)"),
             &["stage"],
@@ -42,7 +39,10 @@ impl Metrics {
             &["stage", "outcome"],
         )?;
         let expiries = IntCounterVec::new(
-            Opts::new("dataminer_lease_expiries_total", "Leases reclaimed by the reaper (expired or over the time limit)"),
+            Opts::new(
+                "dataminer_lease_expiries_total",
+                "Leases reclaimed by the reaper (expired or over the time limit)",
+            ),
             &["stage"],
         )?;
         let task_duration = HistogramVec::new(

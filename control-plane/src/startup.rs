@@ -47,8 +47,9 @@ impl Application {
         let metrics = Metrics::new()?;
         let wakeup = Wakeup::default();
         let store = Store::open(&config.database(), config.store_settings(), wakeup, metrics.clone()).await?;
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let shutdown = CancellationToken::new();
         let state = AppState {

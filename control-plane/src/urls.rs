@@ -175,9 +175,16 @@ mod tests {
         assert!(matches!(p("not a url"), Err(UrlError::Parse(_))));
         assert_eq!(p(&format!("https://e.com/{}", "a".repeat(MAX_URL_LEN))), Err(UrlError::TooLong));
         for bad in [
-            "http://127.0.0.1/x", "http://2130706433/x", "http://0x7f.0.0.1/x", "http://0177.0.0.1/x",
-            "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/x", "http://0.0.0.0/x", "http://localhost:8000/x",
-            "http://10.0.0.1/x", "http://[::1]/x",
+            "http://127.0.0.1/x",
+            "http://2130706433/x",
+            "http://0x7f.0.0.1/x",
+            "http://0177.0.0.1/x",
+            "http://169.254.169.254/latest",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://0.0.0.0/x",
+            "http://localhost:8000/x",
+            "http://10.0.0.1/x",
+            "http://[::1]/x",
         ] {
             assert!(matches!(p(bad), Err(UrlError::ForbiddenAddress(_))), "{bad} accepted");
         }

@@ -35,9 +35,17 @@ async fn roles_are_enforced(db: Db) {
             let none = app.client.request(m.clone(), app.url(path)).json(&json!({})).send().await.expect("send");
             assert!(none.headers().contains_key("www-authenticate"));
             expect_error(none, StatusCode::UNAUTHORIZED, "unauthorized").await;
-            let bad = app.client.request(m.clone(), app.url(path)).bearer_auth("not-a-token").send().await.expect("send");
+            let bad =
+                app.client.request(m.clone(), app.url(path)).bearer_auth("not-a-token").send().await.expect("send");
             expect_error(bad, StatusCode::UNAUTHORIZED, "unauthorized").await;
-            let other = app.client.request(m.clone(), app.url(path)).bearer_auth(wrong).json(&json!({})).send().await.expect("send");
+            let other = app
+                .client
+                .request(m.clone(), app.url(path))
+                .bearer_auth(wrong)
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("send");
             expect_error(other, StatusCode::FORBIDDEN, "forbidden").await;
         }
     }

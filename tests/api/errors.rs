@@ -21,7 +21,12 @@ async fn malformed_requests(db: Db) {
     let r = app.user(Method::POST, "/v1/projects").json(&big).send().await.expect("send");
     expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
     let urls: Vec<String> = (0..200).map(|i| format!("https://example.com/{i}.mp4")).collect();
-    let r = app.user(Method::POST, "/v1/videos").json(&json!({"urls": urls, "projects": ["x"]})).send().await.expect("send");
+    let r = app
+        .user(Method::POST, "/v1/videos")
+        .json(&json!({"urls": urls, "projects": ["x"]}))
+        .send()
+        .await
+        .expect("send");
     expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
     expect_error(
         app.user(Method::GET, "/v1/videos/abc").send().await.expect("send"),
@@ -70,23 +75,55 @@ async fn url_validation_refuses_the_whole_batch(db: Db) {
         ("http://localhost/v.mp4", "not a globally routable"),
         ("http://metadata.google.internal/x", "not a globally routable"),
     ] {
-        let msg = expect_error(submit(vec![good, bad], vec!["p"]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_url").await;
+        let msg = expect_error(
+            submit(vec![good, bad], vec!["p"]).await.expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_url",
+        )
+        .await;
         assert!(msg.contains(needle) && msg.contains("urls[1]"), "{bad}: {msg}");
         assert!(!msg.contains("secret"), "credentials echoed: {msg}");
     }
     // The allow-list names exact host:port pairs.
     assert_eq!(submit(vec!["http://127.0.0.1:9/ok.mp4"], vec!["p"]).await.expect("send").status(), StatusCode::OK);
-    expect_error(submit(vec!["http://127.0.0.1:10/ok.mp4"], vec!["p"]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_url").await;
-    expect_error(submit(vec![good], vec!["nope"]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "unknown_project").await;
-    expect_error(submit(vec![good], vec![]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "no_projects").await;
+    expect_error(
+        submit(vec!["http://127.0.0.1:10/ok.mp4"], vec!["p"]).await.expect("send"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_url",
+    )
+    .await;
+    expect_error(
+        submit(vec![good], vec!["nope"]).await.expect("send"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_project",
+    )
+    .await;
+    expect_error(submit(vec![good], vec![]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "no_projects")
+        .await;
     expect_error(submit(vec![], vec!["p"]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "no_urls").await;
-    expect_error(submit(vec![good; 6], vec!["p"]).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "too_many_urls").await;
-    let r = app.user(Method::POST, "/v1/videos").json(&json!({"urls": [good], "projects": ["p"], "priority": 5000})).send().await.expect("send");
+    expect_error(
+        submit(vec![good; 6], vec!["p"]).await.expect("send"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_many_urls",
+    )
+    .await;
+    let r = app
+        .user(Method::POST, "/v1/videos")
+        .json(&json!({"urls": [good], "projects": ["p"], "priority": 5000}))
+        .send()
+        .await
+        .expect("send");
     expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_priority").await;
-    let r = app.user(Method::POST, "/v1/videos").json(&json!({"urls": [good], "projects": ["p"], "prio": 1})).send().await.expect("send");
+    let r = app
+        .user(Method::POST, "/v1/videos")
+        .json(&json!({"urls": [good], "projects": ["p"], "prio": 1}))
+        .send()
+        .await
+        .expect("send");
     expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
     // Only the allow-listed one was stored.
-    let page: Page<VideoView> = expect_json(app.user(Method::GET, "/v1/videos").send().await.expect("send"), StatusCode::OK).await;
+    let page: Page<VideoView> =
+        expect_json(app.user(Method::GET, "/v1/videos").send().await.expect("send"), StatusCode::OK).await;
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].url, "http://127.0.0.1:9/ok.mp4");
     // Signed query values are stored (to download) but never shown.
@@ -95,7 +132,10 @@ async fn url_validation_refuses_the_whole_batch(db: Db) {
     assert!(!app.video(v[0].id).await.video.url.contains("deadbeef"));
     let agent = app.register("w1", &Stage::ALL, &[]).await;
     let leased = app.lease(agent, &[Stage::Download], 5, 0).await;
-    assert!(leased.iter().any(|t| t.input.url.as_deref().is_some_and(|u| u.contains("deadbeef"))), "the agent gets the real URL");
+    assert!(
+        leased.iter().any(|t| t.input.url.as_deref().is_some_and(|u| u.contains("deadbeef"))),
+        "the agent gets the real URL"
+    );
     app.stop().await;
 }
 
@@ -106,13 +146,21 @@ async fn paging_limits(db: Db) {
     let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     app.submit(&refs, &["p"]).await;
     for q in ["limit=0", "limit=1001", "limit=x", "state=NOPE", "colour=red"] {
-        expect_error(app.user(Method::GET, &format!("/v1/videos?{q}")).send().await.expect("send"), StatusCode::BAD_REQUEST, "invalid_query").await;
+        expect_error(
+            app.user(Method::GET, &format!("/v1/videos?{q}")).send().await.expect("send"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        )
+        .await;
     }
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
         let page: Page<VideoView> = expect_json(
-            app.user(Method::GET, &format!("/v1/videos?limit=2&after={after}&project=p&state=PENDING")).send().await.expect("send"),
+            app.user(Method::GET, &format!("/v1/videos?limit=2&after={after}&project=p&state=PENDING"))
+                .send()
+                .await
+                .expect("send"),
             StatusCode::OK,
         )
         .await;
@@ -124,9 +172,12 @@ async fn paging_limits(db: Db) {
     }
     assert_eq!(seen.len(), 5);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
-    let none: Page<VideoView> = expect_json(app.user(Method::GET, "/v1/videos?state=EXTRACTED").send().await.expect("send"), StatusCode::OK).await;
+    let none: Page<VideoView> =
+        expect_json(app.user(Method::GET, "/v1/videos?state=EXTRACTED").send().await.expect("send"), StatusCode::OK)
+            .await;
     assert!(none.items.is_empty());
-    let other: Page<VideoView> = expect_json(app.user(Method::GET, "/v1/videos?project=zzz").send().await.expect("send"), StatusCode::OK).await;
+    let other: Page<VideoView> =
+        expect_json(app.user(Method::GET, "/v1/videos?project=zzz").send().await.expect("send"), StatusCode::OK).await;
     assert!(other.items.is_empty());
     app.stop().await;
 }

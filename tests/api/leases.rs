@@ -145,8 +145,11 @@ async fn retryable_failures_back_off_then_die(db: Db) {
 async fn cancelled_video_is_told_through_heartbeat(db: Db) {
     let (app, agent, vid) = setup(db).await;
     let t = app.lease_one(agent, Stage::Download).await;
-    let d: VideoDetail =
-        expect_json(app.user(Method::POST, &format!("/v1/videos/{vid}/cancel")).send().await.expect("send"), StatusCode::OK).await;
+    let d: VideoDetail = expect_json(
+        app.user(Method::POST, &format!("/v1/videos/{vid}/cancel")).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(d.video.state, VideoState::Cancelled);
     assert_eq!(d.projects[0].state, ProjectVideoState::Cancelled);
     assert_eq!(d.tasks[0].state, TaskState::Cancelled);
@@ -157,8 +160,11 @@ async fn cancelled_video_is_told_through_heartbeat(db: Db) {
     assert!(app.lease(agent, &Stage::ALL, 5, 0).await.is_empty());
     assert_eq!(app.project_status("p").await.state, ProjectState::Complete, "cancelled is terminal");
     // Retrying brings it back.
-    let d: VideoDetail =
-        expect_json(app.user(Method::POST, &format!("/v1/videos/{vid}/retry")).send().await.expect("send"), StatusCode::OK).await;
+    let d: VideoDetail = expect_json(
+        app.user(Method::POST, &format!("/v1/videos/{vid}/retry")).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(d.video.state, VideoState::Pending);
     assert_eq!(d.projects[0].state, ProjectVideoState::Pending);
     let t2 = app.lease_one(agent, Stage::Download).await;
@@ -169,7 +175,8 @@ async fn cancelled_video_is_told_through_heartbeat(db: Db) {
 async fn priority_then_age(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
-    let low = app.submit_with_priority(&["https://example.com/low1.mp4", "https://example.com/low2.mp4"], &["p"], 0).await;
+    let low =
+        app.submit_with_priority(&["https://example.com/low1.mp4", "https://example.com/low2.mp4"], &["p"], 0).await;
     let high = app.submit_with_priority(&["https://example.com/high.mp4"], &["p"], 10).await;
     let agent = app.register("w1", &Stage::ALL, &[]).await;
     let order: Vec<i64> = app.lease(agent, &[Stage::Download], 3, 0).await.iter().map(|t| t.input.video_id).collect();
@@ -297,16 +304,48 @@ async fn completion_results_are_validated(db: Db) {
         r
     };
     let cases: Vec<(StageResult, &str)> = vec![
-        (StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/m.json"), frame_count: 3 }, "result_stage_mismatch"),
-        (with(&|r| if let StageResult::Download { file_path, .. } = r { *file_path = "videos/other/1.1/x.mp4".into() }), "output_outside_attempt_dir"),
-        (with(&|r| if let StageResult::Download { file_path, .. } = r { *file_path = format!("{d}/../../x.mp4") }), "output_outside_attempt_dir"),
-        (with(&|r| if let StageResult::Download { sha256, .. } = r { *sha256 = "XYZ".into() }), "invalid_result"),
-        (with(&|r| if let StageResult::Download { size_bytes, .. } = r { *size_bytes = -1 }), "invalid_result"),
+        (
+            StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/m.json"), frame_count: 3 },
+            "result_stage_mismatch",
+        ),
+        (
+            with(&|r| {
+                if let StageResult::Download { file_path, .. } = r {
+                    *file_path = "videos/other/1.1/x.mp4".into()
+                }
+            }),
+            "output_outside_attempt_dir",
+        ),
+        (
+            with(&|r| {
+                if let StageResult::Download { file_path, .. } = r {
+                    *file_path = format!("{d}/../../x.mp4")
+                }
+            }),
+            "output_outside_attempt_dir",
+        ),
+        (
+            with(&|r| {
+                if let StageResult::Download { sha256, .. } = r {
+                    *sha256 = "XYZ".into()
+                }
+            }),
+            "invalid_result",
+        ),
+        (
+            with(&|r| {
+                if let StageResult::Download { size_bytes, .. } = r {
+                    *size_bytes = -1
+                }
+            }),
+            "invalid_result",
+        ),
     ];
     for (r, code) in cases {
         expect_error(app.complete(&t, &r).await, StatusCode::UNPROCESSABLE_ENTITY, code).await;
     }
-    let body = app.agent(Method::POST, &format!("/v1/tasks/{}/complete", t.task_id))
+    let body = app
+        .agent(Method::POST, &format!("/v1/tasks/{}/complete", t.task_id))
         .json(&json!({"lease_token": t.lease_token, "result": {"stage": "download", "file_path": "x"}}))
         .send()
         .await
@@ -318,7 +357,11 @@ async fn completion_results_are_validated(db: Db) {
     assert!(v.video.sha256.is_none());
     app.complete_ok(&t, &good).await;
     let t = app.lease_one(agent, Stage::Extract).await;
-    let zero = StageResult::Extract { frames_dir: t.attempt_dir.clone(), manifest_path: format!("{}/m.json", t.attempt_dir), frame_count: 0 };
+    let zero = StageResult::Extract {
+        frames_dir: t.attempt_dir.clone(),
+        manifest_path: format!("{}/m.json", t.attempt_dir),
+        frame_count: 0,
+    };
     let msg = expect_error(app.complete(&t, &zero).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_result").await;
     assert!(msg.contains("zero-frame"), "{msg}");
     app.complete_ok(&t, &result_for(&t, 1, 0)).await;
@@ -342,19 +385,25 @@ async fn batch_complete_judges_each_item(db: Db) {
         {"task_id": 999999, "lease_token": 1, "result": result_for(&ts[2], 3, 0)},
         {"task_id": ts[0].task_id, "lease_token": ts[0].lease_token, "result": result_for(&ts[0], 1, 0)},
     ]});
-    let r: BatchCompleteResponse =
-        expect_json(app.agent(Method::POST, "/v1/tasks/complete").json(&body).send().await.expect("send"), StatusCode::OK).await;
+    let r: BatchCompleteResponse = expect_json(
+        app.agent(Method::POST, "/v1/tasks/complete").json(&body).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
     let statuses: Vec<u16> = r.results.iter().map(|o| o.status).collect();
     assert_eq!(statuses, vec![200, 409, 200, 404, 200]);
     assert!(r.results[4].duplicate);
     assert_eq!(r.results[1].error.as_ref().map(|e| e.code.as_str()), Some("lease_lost"));
     let extracts = app.lease(agent, &[Stage::Extract], 5, 500).await;
     assert_eq!(extracts.len(), 2, "one successor per accepted completion");
-    let too_many: Vec<serde_json::Value> = (0..65)
-        .map(|_| json!({"task_id": 1, "lease_token": 1, "result": result_for(&ts[0], 1, 0)}))
-        .collect();
+    let too_many: Vec<serde_json::Value> =
+        (0..65).map(|_| json!({"task_id": 1, "lease_token": 1, "result": result_for(&ts[0], 1, 0)})).collect();
     expect_error(
-        app.agent(Method::POST, "/v1/tasks/complete").json(&json!({"completions": too_many})).send().await.expect("send"),
+        app.agent(Method::POST, "/v1/tasks/complete")
+            .json(&json!({"completions": too_many}))
+            .send()
+            .await
+            .expect("send"),
         StatusCode::UNPROCESSABLE_ENTITY,
         "batch_too_large",
     )

@@ -25,10 +25,9 @@ async fn status_json_and_text(db: Db) {
     assert_eq!(st.projects.len(), 1);
     assert_eq!(st.projects[0].by_state["PENDING"], 2);
     assert!(st.oldest_queued_ms.contains_key("download"));
-    for req in [
-        app.user(Method::GET, "/status").header("accept", "text/plain"),
-        app.user(Method::GET, "/status?format=text"),
-    ] {
+    for req in
+        [app.user(Method::GET, "/status").header("accept", "text/plain"), app.user(Method::GET, "/status?format=text")]
+    {
         let r = req.send().await.expect("send");
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.headers()["content-type"].to_str().expect("ascii").starts_with("text/plain"));
@@ -37,7 +36,12 @@ async fn status_json_and_text(db: Db) {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
     }
-    expect_error(app.user(Method::GET, "/status?format=xml").send().await.expect("send"), StatusCode::BAD_REQUEST, "invalid_query").await;
+    expect_error(
+        app.user(Method::GET, "/status?format=xml").send().await.expect("send"),
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
     assert_eq!(app.client.get(app.url("/readyz")).send().await.expect("send").text().await.expect("t"), "ready");
     app.stop().await;
 }

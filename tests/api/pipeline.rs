@@ -162,7 +162,8 @@ async fn same_url_is_one_video(db: Db) {
     app.create_project("a").await;
     app.create_project("b").await;
     let first = app.submit(&["https://Example.com:443/v.mp4?y=2&x=1#t=3"], &["a"]).await;
-    let again = app.submit(&["https://example.com/v.mp4?x=1&y=2", "https://example.com/v.mp4?x=1&y=2"], &["a", "b"]).await;
+    let again =
+        app.submit(&["https://example.com/v.mp4?x=1&y=2", "https://example.com/v.mp4?x=1&y=2"], &["a", "b"]).await;
     assert!(first[0].new);
     assert!(again.iter().all(|v| !v.new && v.id == first[0].id), "{again:?}");
     let d = app.video(first[0].id).await;
@@ -202,7 +203,12 @@ async fn joining_after_extraction_filters_at_once(db: Db) {
 async fn identical_content_is_extracted_once(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
-    let v = app.submit(&["https://a.example.com/v.mp4", "https://b.example.com/copy.mp4", "https://c.example.com/late.mp4"], &["p"]).await;
+    let v = app
+        .submit(
+            &["https://a.example.com/v.mp4", "https://b.example.com/copy.mp4", "https://c.example.com/late.mp4"],
+            &["p"],
+        )
+        .await;
     let agent = app.register("w1", &Stage::ALL, &[]).await;
     let d = app.lease(agent, &[Stage::Download], 2, 1_000).await;
     assert_eq!(d.len(), 2);
@@ -243,7 +249,8 @@ async fn failed_video_joining_a_project_fails_it_and_retry_recovers(db: Db) {
     let id = v[0].id;
     let agent = app.register("w1", &Stage::ALL, &[]).await;
     let t = app.lease_one(agent, Stage::Download).await;
-    let f: FailResponse = expect_json(app.fail(t.task_id, t.lease_token, "HTTP 404 Not Found", false).await, StatusCode::OK).await;
+    let f: FailResponse =
+        expect_json(app.fail(t.task_id, t.lease_token, "HTTP 404 Not Found", false).await, StatusCode::OK).await;
     assert_eq!(f.state, TaskState::Dead);
     let d = app.video(id).await;
     assert_eq!(d.video.state, VideoState::Failed);
@@ -263,7 +270,11 @@ async fn failed_video_joining_a_project_fails_it_and_retry_recovers(db: Db) {
     assert_eq!(dead.items.len(), 1);
     assert_eq!(dead.items[0].last_error.as_deref(), Some("HTTP 404 Not Found"));
     // Retrying the video retries its project-videos.
-    let r: VideoDetail = expect_json(app.user(Method::POST, &format!("/v1/videos/{id}/retry")).send().await.expect("send"), StatusCode::OK).await;
+    let r: VideoDetail = expect_json(
+        app.user(Method::POST, &format!("/v1/videos/{id}/retry")).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(r.video.state, VideoState::Pending);
     assert!(r.projects.iter().all(|p| p.state == ProjectVideoState::Pending), "{:?}", r.projects);
     expect_error(

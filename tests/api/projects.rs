@@ -56,7 +56,12 @@ async fn invalid_projects_are_refused(db: Db) {
     app.create_project("doors").await;
     let post = |body: serde_json::Value| app.user(Method::POST, "/v1/projects").json(&body).send();
     let cfg = json!({"filter": {"positive_prompts": ["x"]}});
-    expect_error(post(json!({"name": "doors", "config": cfg})).await.expect("send"), StatusCode::CONFLICT, "project_exists").await;
+    expect_error(
+        post(json!({"name": "doors", "config": cfg})).await.expect("send"),
+        StatusCode::CONFLICT,
+        "project_exists",
+    )
+    .await;
     for bad in ["", "Doors", "-x", "a/b", "..", &"a".repeat(64)] {
         expect_error(
             post(json!({"name": bad, "config": cfg})).await.expect("send"),
@@ -66,7 +71,9 @@ async fn invalid_projects_are_refused(db: Db) {
         .await;
     }
     let msg = expect_error(
-        post(json!({"name": "x", "config": {"filter": {"positive_prompts": ["x"], "threshold": 7}}})).await.expect("send"),
+        post(json!({"name": "x", "config": {"filter": {"positive_prompts": ["x"], "threshold": 7}}}))
+            .await
+            .expect("send"),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_config",
     )

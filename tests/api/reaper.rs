@@ -32,7 +32,11 @@ async fn expired_leases_are_requeued_then_dead(db: Db) {
     assert_eq!(t2.task_id, t1.task_id);
     assert_eq!((t2.lease_token, t2.attempt), (2, 2));
     let d = app.video(v[0].id).await;
-    assert!(d.tasks[0].last_error.as_deref().is_some_and(|e| e.contains("lost its lease")), "{:?}", d.tasks[0].last_error);
+    assert!(
+        d.tasks[0].last_error.as_deref().is_some_and(|e| e.contains("lost its lease")),
+        "{:?}",
+        d.tasks[0].last_error
+    );
     // The first holder is fenced out.
     expect_error(app.complete(&t1, &result_for(&t1, 1, 0)).await, StatusCode::CONFLICT, "lease_lost").await;
     // Second expiry is the last attempt: dead, video FAILED, project-video FAILED.

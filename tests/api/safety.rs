@@ -278,12 +278,8 @@ async fn lease_history_is_safe(db: Db) {
     }
     // 2. Same key, different tasks: hold intervals never overlap. A lease is surely held
     //    from its receipt until the accepted completion was sent (or a TTL after it was sent).
-    let accepted: HashMap<(i64, i64), Instant> = h
-        .completions
-        .iter()
-        .filter(|c| c.status == 200 && !c.duplicate)
-        .map(|c| ((c.task, c.token), c.sent))
-        .collect();
+    let accepted: HashMap<(i64, i64), Instant> =
+        h.completions.iter().filter(|c| c.status == 200 && !c.duplicate).map(|c| ((c.task, c.token), c.sent)).collect();
     let mut keyed: BTreeMap<&str, Vec<(Instant, Instant, i64)>> = BTreeMap::new();
     for l in h.leases.iter().filter(|l| l.key.is_some()) {
         let end = accepted.get(&(l.task, l.token)).copied().unwrap_or(l.sent + ttl);
@@ -327,7 +323,10 @@ async fn lease_history_is_safe(db: Db) {
         h.completions.len(),
         stale.iter().filter(|c| c.status == 409).count()
     );
-    assert!(releases > 0 && stale.iter().any(|c| c.status == 409), "the run exercised no expiry; the test proves nothing");
+    assert!(
+        releases > 0 && stale.iter().any(|c| c.status == 409),
+        "the run exercised no expiry; the test proves nothing"
+    );
     for mut p in procs {
         let _ = p.child.kill().await;
     }

@@ -39,7 +39,8 @@ async fn detail_shows_tasks_and_errors(db: Db) {
     let v = app.submit(&["https://example.com/v.mp4"], &["p"]).await;
     let agent = app.register("w1", &Stage::ALL, &[]).await;
     let t = app.lease_one(agent, Stage::Download).await;
-    let _: FailResponse = expect_json(app.fail(t.task_id, t.lease_token, "HTTP 503 from origin", true).await, StatusCode::OK).await;
+    let _: FailResponse =
+        expect_json(app.fail(t.task_id, t.lease_token, "HTTP 503 from origin", true).await, StatusCode::OK).await;
     let d = app.video(v[0].id).await;
     assert_eq!(d.video.state, VideoState::Pending);
     assert_eq!(d.tasks.len(), 1);
@@ -49,8 +50,11 @@ async fn detail_shows_tasks_and_errors(db: Db) {
     assert_eq!(d.tasks[0].last_error.as_deref(), Some("HTTP 503 from origin"));
     assert!(d.tasks[0].run_after_ms > d.tasks[0].created_at_ms);
     // Cancel while queued: nothing remains leasable, and the video reads CANCELLED.
-    let d: VideoDetail =
-        expect_json(app.user(Method::POST, &format!("/v1/videos/{}/cancel", v[0].id)).send().await.expect("send"), StatusCode::OK).await;
+    let d: VideoDetail = expect_json(
+        app.user(Method::POST, &format!("/v1/videos/{}/cancel", v[0].id)).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(d.video.state, VideoState::Cancelled);
     assert_eq!(d.tasks[0].state, TaskState::Cancelled);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -182,8 +182,11 @@ impl TestApp {
 
     pub async fn create_project(&self, name: &str) -> ProjectView {
         let body = json!({"name": name, "config": {"filter": {"positive_prompts": ["a glass door"]}}});
-        expect_json(self.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send"), StatusCode::CREATED)
-            .await
+        expect_json(
+            self.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send"),
+            StatusCode::CREATED,
+        )
+        .await
     }
 
     pub async fn submit(&self, urls: &[&str], projects: &[&str]) -> Vec<SubmittedVideo> {
@@ -199,7 +202,8 @@ impl TestApp {
     }
 
     pub async fn video(&self, id: i64) -> VideoDetail {
-        expect_json(self.user(Method::GET, &format!("/v1/videos/{id}")).send().await.expect("send"), StatusCode::OK).await
+        expect_json(self.user(Method::GET, &format!("/v1/videos/{id}")).send().await.expect("send"), StatusCode::OK)
+            .await
     }
 
     pub async fn project_status(&self, name: &str) -> ProjectStatus {
@@ -309,13 +313,13 @@ pub fn result_for(t: &LeasedTask, content: u64, kept: i64) -> StageResult {
             height: Some(360),
             codec: Some("h264".into()),
         },
-        Stage::Extract => StageResult::Extract {
-            frames_dir: d.clone(),
-            manifest_path: format!("{d}/manifest.json"),
-            frame_count: 10,
-        },
+        Stage::Extract => {
+            StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/manifest.json"), frame_count: 10 }
+        }
         Stage::Filter => StageResult::Filter { output_dir: d.clone(), frames_in: 10, frames_kept: kept },
-        Stage::Dedup => StageResult::Dedup { output_dir: d.clone(), frames_in: 10.min(kept.max(0) + 5), frames_kept: kept },
+        Stage::Dedup => {
+            StageResult::Dedup { output_dir: d.clone(), frames_in: 10.min(kept.max(0) + 5), frames_kept: kept }
+        }
         Stage::Detect => StageResult::Detect { output_dir: d.clone(), frames_in: 5, detections: kept },
     }
 }

@@ -49,8 +49,14 @@ async fn register(
     if req.stages.is_empty() {
         return Err(ApiError::unprocessable("invalid_agent", "stages must name at least one stage"));
     }
-    if req.capabilities.len() > 64 || req.capabilities.iter().any(|c| c.is_empty() || c.len() > 64) || req.version.len() > 128 {
-        return Err(ApiError::unprocessable("invalid_agent", "at most 64 capabilities of 1-64 characters; version at most 128"));
+    if req.capabilities.len() > 64
+        || req.capabilities.iter().any(|c| c.is_empty() || c.len() > 64)
+        || req.version.len() > 128
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_agent",
+            "at most 64 capabilities of 1-64 characters; version at most 128",
+        ));
     }
     let id = s.store.register_agent(&req).await?;
     let ttl = s.store.settings().lease_ttl_ms as u64;

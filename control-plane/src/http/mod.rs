@@ -2,9 +2,9 @@
 //! OpenAPI document generated from the same handlers (utoipa) so the spec cannot drift from
 //! the code. Handlers are thin: parse, call the store, shape the answer.
 
+mod agents;
 pub mod auth;
 pub mod error;
-mod agents;
 mod ops;
 mod projects;
 mod tasks;
@@ -113,11 +113,9 @@ pub fn app(state: AppState) -> Router {
         .merge(docs)
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
+        ))
         .with_state(state)
 }
 
@@ -152,7 +150,9 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, error::ApiError> {
     match limit {
         None => Ok(100),
         Some(l) if (1..=MAX_PAGE).contains(&l) => Ok(l),
-        Some(l) => Err(error::ApiError::bad_request("invalid_query", format!("limit {l} must be between 1 and {MAX_PAGE}"))),
+        Some(l) => {
+            Err(error::ApiError::bad_request("invalid_query", format!("limit {l} must be between 1 and {MAX_PAGE}")))
+        }
     }
 }
 

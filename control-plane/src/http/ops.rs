@@ -52,7 +52,9 @@ async fn status(
     let text = match q.format.as_deref() {
         Some("text") => true,
         Some("json") => false,
-        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("format {other:?} must be text or json"))),
+        Some(other) => {
+            return Err(ApiError::bad_request("invalid_query", format!("format {other:?} must be text or json")))
+        }
         None => headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
@@ -78,7 +80,11 @@ fn age(ms: i64) -> String {
 pub fn render_text(r: &StatusReport) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "dataminer status ({} backend)\n", r.backend);
-    let _ = writeln!(o, "{:<10}{:>9}{:>9}{:>11}{:>9}{:>11}  oldest queued", "TASKS", "queued", "leased", "succeeded", "dead", "cancelled");
+    let _ = writeln!(
+        o,
+        "{:<10}{:>9}{:>9}{:>11}{:>9}{:>11}  oldest queued",
+        "TASKS", "queued", "leased", "succeeded", "dead", "cancelled"
+    );
     for (stage, per) in &r.tasks {
         let g = |k: &str| per.get(k).copied().unwrap_or(0);
         let oldest = r.oldest_queued_ms.get(stage).map(|m| age(*m)).unwrap_or_else(|| "-".into());
@@ -104,7 +110,14 @@ pub fn render_text(r: &StatusReport) -> String {
     }
     for p in &r.projects {
         let states: Vec<String> = p.by_state.iter().map(|(s, n)| format!("{s}={n}")).collect();
-        let _ = writeln!(o, "  {:<24}{:<10} videos={:<6} {}", p.name, format!("{:?}", p.state).to_uppercase(), p.videos, states.join(" "));
+        let _ = writeln!(
+            o,
+            "  {:<24}{:<10} videos={:<6} {}",
+            p.name,
+            format!("{:?}", p.state).to_uppercase(),
+            p.videos,
+            states.join(" ")
+        );
     }
     let _ = writeln!(o, "\nAGENTS ({} alive of {})", r.agents_alive, r.agents.len());
     for a in &r.agents {
@@ -139,7 +152,9 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database unreachable"))
         }
-        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database did not answer within 2 s")),
+        Err(_) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database did not answer within 2 s"))
+        }
     }
 }
 
@@ -152,7 +167,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
             s.metrics.tasks.reset();
             for stage in dataminer_wire::Stage::ALL {
                 for state in dataminer_wire::TaskState::ALL {
-                    let n = snap.counts.get(&(stage.as_str().to_string(), state.as_str().to_string())).copied().unwrap_or(0);
+                    let n = snap
+                        .counts
+                        .get(&(stage.as_str().to_string(), state.as_str().to_string()))
+                        .copied()
+                        .unwrap_or(0);
                     s.metrics.tasks.with_label_values(&[stage.as_str(), state.as_str()]).set(n);
                 }
                 let oldest = snap.oldest_queued_ms.get(stage.as_str()).copied().unwrap_or(0);

@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use dataminer_wire::{
     BatchCompleteRequest, BatchCompleteResponse, BatchCompletion, CompleteRequest, CompleteResponse, ErrorBody,
-    FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, Page,
-    ReleaseRequest, TaskState, TaskView,
+    FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, Page, ReleaseRequest,
+    TaskState, TaskView,
 };
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;

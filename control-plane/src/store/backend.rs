@@ -49,7 +49,11 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn notify_replicas(self, tx: &mut Transaction<'static, Any>, stages: &[Stage]) -> sqlx::Result<()> {
+    pub(crate) async fn notify_replicas(
+        self,
+        tx: &mut Transaction<'static, Any>,
+        stages: &[Stage],
+    ) -> sqlx::Result<()> {
         if self == Backend::Postgres {
             for s in stages {
                 sqlx::query("SELECT pg_notify($1, $2)")

@@ -48,8 +48,7 @@ pub(crate) async fn move_subjects(
         return Ok(());
     }
     if stage.is_project_stage() {
-        let pairs: Vec<String> =
-            (0..subjects.len()).map(|i| format!("(${}, ${})", 4 + 2 * i, 5 + 2 * i)).collect();
+        let pairs: Vec<String> = (0..subjects.len()).map(|i| format!("(${}, ${})", 4 + 2 * i, 5 + 2 * i)).collect();
         let sql = format!(
             "UPDATE project_videos SET state = $1, updated_at = $2 WHERE state = $3 \
              AND (project_id, video_id) IN (VALUES {})",
@@ -324,7 +323,8 @@ pub(crate) async fn apply_result(
                 .await?;
                 woken.push(Stage::Detect);
             } else {
-                update_pv(tx, t, "frames_deduped = $2, dedup_dir = $3", "COMPLETE", *frames_kept, output_dir, now).await?;
+                update_pv(tx, t, "frames_deduped = $2, dedup_dir = $3", "COMPLETE", *frames_kept, output_dir, now)
+                    .await?;
             }
         }
         StageResult::Detect { output_dir, frames_in: _, detections } => {
@@ -334,9 +334,18 @@ pub(crate) async fn apply_result(
     Ok(woken)
 }
 
-async fn update_pv(tx: &mut Tx, t: &TaskSubject, set: &str, state: &str, count: i64, dir: &str, now: i64) -> Result<()> {
+async fn update_pv(
+    tx: &mut Tx,
+    t: &TaskSubject,
+    set: &str,
+    state: &str,
+    count: i64,
+    dir: &str,
+    now: i64,
+) -> Result<()> {
     // `set` is one of a few literals in this file, never input.
-    let sql = format!("UPDATE project_videos SET state = $1, {set}, updated_at = $4 WHERE project_id = $5 AND video_id = $6");
+    let sql =
+        format!("UPDATE project_videos SET state = $1, {set}, updated_at = $4 WHERE project_id = $5 AND video_id = $6");
     sqlx::query(&sql)
         .bind(state)
         .bind(count)
@@ -392,7 +401,8 @@ pub(crate) async fn fail_subject(tx: &mut Tx, t: &TaskSubject, error: &str, now:
          WHERE state = 'PENDING' AND video_id IN ({})",
         placeholders(4, ids.len())
     );
-    let mut q = sqlx::query(&sql).bind(t.stage.as_str()).bind(format!("video failed at {}: {error}", t.stage)).bind(now);
+    let mut q =
+        sqlx::query(&sql).bind(t.stage.as_str()).bind(format!("video failed at {}: {error}", t.stage)).bind(now);
     for id in &ids {
         q = q.bind(*id);
     }

@@ -104,7 +104,8 @@ impl Store {
     pub async fn cancel_project(&self, name: &str) -> Result<ProjectView> {
         let mut tx = self.begin_write().await?;
         let now = self.now(&mut tx).await?;
-        let sql = format!("UPDATE projects SET cancelled = 1, updated_at = $1 WHERE name = $2 RETURNING {PROJECT_COLS}");
+        let sql =
+            format!("UPDATE projects SET cancelled = 1, updated_at = $1 WHERE name = $2 RETURNING {PROJECT_COLS}");
         let row = sqlx::query(&sql).bind(now).bind(name).fetch_optional(&mut *tx).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
         let id: i64 = row.try_get("id")?;

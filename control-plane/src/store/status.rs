@@ -46,7 +46,8 @@ impl Store {
             let per: BTreeMap<String, i64> = TaskState::ALL
                 .iter()
                 .map(|st| {
-                    let n = snap.counts.get(&(stage.as_str().to_string(), st.as_str().to_string())).copied().unwrap_or(0);
+                    let n =
+                        snap.counts.get(&(stage.as_str().to_string(), st.as_str().to_string())).copied().unwrap_or(0);
                     (st.as_str().to_string(), n)
                 })
                 .collect();

@@ -79,10 +79,7 @@ fn refuse(t: &TaskRow, token: i64) -> StoreError {
     } else {
         StoreError::conflict(
             "lease_lost",
-            format!(
-                "lease lost: task {} is {} with lease token {}, not {token}",
-                t.id, t.state, t.lease_token
-            ),
+            format!("lease lost: task {} is {} with lease token {}, not {token}", t.id, t.state, t.lease_token),
         )
     }
 }
@@ -264,7 +261,10 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| {
-                StoreError::conflict("agent_not_registered", format!("agent {agent_id} is not registered; register first"))
+                StoreError::conflict(
+                    "agent_not_registered",
+                    format!("agent {agent_id} is not registered; register first"),
+                )
             })?;
         let registered: Vec<String> = serde_json::from_str(&agent.try_get::<String, _>("stages")?)
             .map_err(|e| StoreError::Corrupt(format!("agent stages: {e}")))?;
@@ -285,7 +285,10 @@ impl Store {
         if caps.is_empty() {
             sql.push_str(" AND t.requires IS NULL");
         } else {
-            sql.push_str(&format!(" AND (t.requires IS NULL OR t.requires IN ({}))", placeholders(caps_start, caps.len())));
+            sql.push_str(&format!(
+                " AND (t.requires IS NULL OR t.requires IN ({}))",
+                placeholders(caps_start, caps.len())
+            ));
         }
         sql.push_str(
             " AND (t.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks h \
@@ -374,7 +377,8 @@ impl Store {
         project_ids.dedup();
         let mut projects: HashMap<i64, (String, dataminer_wire::ProjectConfig)> = HashMap::new();
         if !project_ids.is_empty() {
-            let sql = format!("SELECT id, name, config FROM projects WHERE id IN ({})", placeholders(1, project_ids.len()));
+            let sql =
+                format!("SELECT id, name, config FROM projects WHERE id IN ({})", placeholders(1, project_ids.len()));
             let mut q = sqlx::query(&sql);
             for p in &project_ids {
                 q = q.bind(*p);
@@ -387,7 +391,8 @@ impl Store {
         }
         let mut out = Vec::with_capacity(leased.len());
         for (t, time_limit_ms) in leased {
-            let v = videos.get(&t.video_id).ok_or_else(|| StoreError::Corrupt(format!("task {} has no video", t.id)))?;
+            let v =
+                videos.get(&t.video_id).ok_or_else(|| StoreError::Corrupt(format!("task {} has no video", t.id)))?;
             let project = t.project_id.and_then(|p| projects.get(&p));
             let mut input = TaskInput { video_id: t.video_id, ..TaskInput::default() };
             match t.stage {
@@ -458,12 +463,20 @@ impl Store {
     /// Extends a lease and records progress. A cancelled task (same token) is reported as
     /// cancelled instead of refused, so the agent knows to stop rather than to retry.
     #[instrument(skip(self, progress))]
-    pub async fn heartbeat(&self, task_id: i64, token: i64, progress: Option<&serde_json::Value>) -> Result<HeartbeatOutcome> {
+    pub async fn heartbeat(
+        &self,
+        task_id: i64,
+        token: i64,
+        progress: Option<&serde_json::Value>,
+    ) -> Result<HeartbeatOutcome> {
         let progress = match progress {
             Some(p) => {
                 let s = p.to_string();
                 if s.len() > MAX_PROGRESS_BYTES {
-                    return Err(StoreError::invalid("progress_too_large", format!("progress is larger than {MAX_PROGRESS_BYTES} bytes")));
+                    return Err(StoreError::invalid(
+                        "progress_too_large",
+                        format!("progress is larger than {MAX_PROGRESS_BYTES} bytes"),
+                    ));
                 }
                 Some(s)
             }
@@ -487,7 +500,11 @@ impl Store {
             Some(r) => {
                 let agent: Option<i64> = r.try_get("leased_by")?;
                 if let Some(a) = agent {
-                    sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2").bind(now).bind(a).execute(&mut *tx).await?;
+                    sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2")
+                        .bind(now)
+                        .bind(a)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(HeartbeatOutcome { cancelled: false, lease_expires_in_ms: ttl })
@@ -607,7 +624,14 @@ impl Store {
     }
 
     /// The shared tail of fail and reap. Fenced on the token the caller read.
-    async fn requeue_or_bury(&self, tx: &mut Tx, t: &TaskRow, error: &str, retryable: bool, now: i64) -> Result<FailOutcome> {
+    async fn requeue_or_bury(
+        &self,
+        tx: &mut Tx,
+        t: &TaskRow,
+        error: &str,
+        retryable: bool,
+        now: i64,
+    ) -> Result<FailOutcome> {
         if retryable && t.attempts < t.max_attempts {
             let run_after = now + self.backoff_ms(t.attempts);
             let r = sqlx::query(
@@ -628,11 +652,8 @@ impl Store {
             pipeline::move_subjects(tx, t.stage, &[(t.video_id, t.project_id)], running, waiting, now).await?;
             Ok(FailOutcome { dead: false, run_after_ms: Some(run_after) })
         } else {
-            let error = if retryable {
-                format!("{error} (gave up after {} attempts)", t.attempts)
-            } else {
-                error.to_string()
-            };
+            let error =
+                if retryable { format!("{error} (gave up after {} attempts)", t.attempts) } else { error.to_string() };
             let r = sqlx::query(
                 "UPDATE tasks SET state = 'dead', last_error = $1, finished_at = $2, updated_at = $2, \
                  lease_expires_at = NULL WHERE id = $3 AND lease_token = $4 AND state = 'leased'",
@@ -747,10 +768,8 @@ impl Store {
             ));
         }
         if let Some(p) = t.project_id {
-            let cancelled: i64 = sqlx::query_scalar("SELECT cancelled FROM projects WHERE id = $1")
-                .bind(p)
-                .fetch_one(&mut *tx)
-                .await?;
+            let cancelled: i64 =
+                sqlx::query_scalar("SELECT cancelled FROM projects WHERE id = $1").bind(p).fetch_one(&mut *tx).await?;
             if cancelled != 0 {
                 return Err(StoreError::conflict("project_cancelled", "the task's project is cancelled"));
             }

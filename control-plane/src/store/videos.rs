@@ -122,7 +122,9 @@ impl Store {
                         error.as_deref().unwrap_or("no error recorded")
                     )),
                 ),
-                "CANCELLED" => ("CANCELLED", None, Some("video was cancelled; retry the video to process it".to_string())),
+                "CANCELLED" => {
+                    ("CANCELLED", None, Some("video was cancelled; retry the video to process it".to_string()))
+                }
                 _ => ("PENDING", None, None),
             };
             let mut joined = false;
@@ -231,7 +233,10 @@ impl Store {
         if (state == "FAILED" || state == "CANCELLED") && !video_task_reopened {
             // Failed without a task of its own (its identical content failed): start over.
             let r: (String, i64) = {
-                let row = sqlx::query("SELECT url_key, priority FROM videos WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+                let row = sqlx::query("SELECT url_key, priority FROM videos WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 (row.try_get("url_key")?, row.try_get("priority")?)
             };
             sqlx::query(
@@ -259,7 +264,10 @@ impl Store {
             changed = true;
         }
         if !changed {
-            return Err(StoreError::conflict("nothing_to_retry", format!("video {id} has nothing failed or cancelled")));
+            return Err(StoreError::conflict(
+                "nothing_to_retry",
+                format!("video {id} has nothing failed or cancelled"),
+            ));
         }
         self.commit_and_wake(tx, &woken).await?;
         self.get_video(id).await
