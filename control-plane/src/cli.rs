@@ -15,7 +15,7 @@ pub async fn run() -> anyhow::Result<()> {
         println!("{}", http::openapi().to_pretty_json().context("render OpenAPI")?);
         return Ok(());
     }
-    telemetry::init(config.log_format);
+    let _telemetry = telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     tracing::info!(config = ?config, "starting control plane");
     if let Some(Command::Migrate) = cli.command {

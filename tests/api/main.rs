@@ -26,8 +26,10 @@ macro_rules! both {
 mod auth;
 mod errors;
 mod leases;
+mod lifecycle;
 mod ops;
 mod pipeline;
+mod process;
 mod projects;
 mod reaper;
 mod safety;

@@ -23,7 +23,6 @@
 //! with two accepted completions of one task).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,9 +33,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use crate::process::{start_control_plane, TTL_MS};
+
 both!(lease_history_is_safe);
 
-const TTL_MS: u64 = 400;
 const VIDEOS: usize = 40;
 const WORKERS: usize = 16;
 
@@ -65,43 +65,6 @@ struct History {
     completions: Vec<Completion>,
 }
 
-struct Proc {
-    child: tokio::process::Child,
-    base: String,
-}
-
-async fn start_control_plane(db_url: Option<&str>, state_dir: &std::path::Path) -> Proc {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dm-control-plane"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("DATAMINER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DATAMINER_STATE_DIR", state_dir)
-        .env("DATAMINER_USER_TOKEN", USER_TOKEN)
-        .env("DATAMINER_AGENT_TOKEN", AGENT_TOKEN)
-        .env("DATAMINER_LEASE_TTL_MS", TTL_MS.to_string())
-        .env("DATAMINER_REAPER_INTERVAL_MS", "50")
-        .env("DATAMINER_RETRY_BASE_MS", "50")
-        .env("DATAMINER_POLL_FALLBACK_MS", "100")
-        .env("DATAMINER_MAX_ATTEMPTS", "100")
-        .env("DATAMINER_DB_MAX_CONNECTIONS", "8")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    if let Some(u) = db_url {
-        cmd.env("DATABASE_URL", u);
-    }
-    let child = cmd.spawn().expect("start control-plane process");
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status() != StatusCode::OK).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "control plane on {base} did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Proc { child, base }
-}
-
 fn key_of(t: &LeasedTask) -> Option<String> {
     (t.stage == Stage::Dedup).then(|| format!("dedup:{}", t.input.project_id.unwrap_or(0)))
 }
@@ -112,9 +75,9 @@ async fn lease_history_is_safe(db: Db) {
         Db::Postgres => Some(fresh_pg_database().await),
         Db::Sqlite => None,
     };
-    let mut procs = vec![start_control_plane(url.as_deref(), &dir.0).await];
+    let mut procs = vec![start_control_plane(url.as_deref(), &dir.0, &[]).await];
     if db == Db::Postgres {
-        procs.push(start_control_plane(url.as_deref(), &dir.0).await);
+        procs.push(start_control_plane(url.as_deref(), &dir.0, &[]).await);
     }
     let bases: Vec<String> = procs.iter().map(|p| p.base.clone()).collect();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");

@@ -85,7 +85,9 @@ pub fn render_text(r: &StatusReport) -> String {
         "{:<10}{:>9}{:>9}{:>11}{:>9}{:>11}  oldest queued",
         "TASKS", "queued", "leased", "succeeded", "dead", "cancelled"
     );
-    for (stage, per) in &r.tasks {
+    let empty = std::collections::BTreeMap::new();
+    for stage in dataminer_wire::Stage::ALL.map(|s| s.as_str()) {
+        let per = r.tasks.get(stage).unwrap_or(&empty);
         let g = |k: &str| per.get(k).copied().unwrap_or(0);
         let oldest = r.oldest_queued_ms.get(stage).map(|m| age(*m)).unwrap_or_else(|| "-".into());
         let _ = writeln!(
@@ -101,7 +103,8 @@ pub fn render_text(r: &StatusReport) -> String {
         );
     }
     let _ = writeln!(o, "\nVIDEOS");
-    for (state, n) in &r.videos {
+    for state in dataminer_wire::VideoState::ALL.map(|s| s.as_str()) {
+        let n = r.videos.get(state).copied().unwrap_or(0);
         let _ = writeln!(o, "  {state:<14}{n:>8}");
     }
     let _ = writeln!(o, "\nPROJECTS");

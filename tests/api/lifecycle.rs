@@ -1,0 +1,112 @@
+//! The process edge: SIGTERM ends a control plane promptly and cleanly even with a long poll
+//! in flight, and spans are exported over OTLP/HTTP when an endpoint is configured.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataminer_tests::*;
+use dataminer_wire::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::process::start_control_plane;
+
+both!(sigterm_stops_cleanly_and_spans_reach_the_collector);
+
+/// A minimal OTLP/HTTP collector: counts `POST /v1/traces` requests with a body.
+async fn fake_collector() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            if text.starts_with("POST /v1/traces") && len > 0 {
+                                c.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                            buf.clear();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+async fn sigterm_stops_cleanly_and_spans_reach_the_collector(db: Db) {
+    let dir = ScratchDir::new();
+    let url = match db {
+        Db::Postgres => Some(fresh_pg_database().await),
+        Db::Sqlite => None,
+    };
+    let (collector, exported) = fake_collector().await;
+    let mut p = start_control_plane(
+        url.as_deref(),
+        &dir.0,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()), ("DATAMINER_MAX_LEASE_WAIT_MS", "60000")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let reg: RegisterAgentResponse = client
+        .post(format!("{}/v1/agents/register", p.base))
+        .bearer_auth(AGENT_TOKEN)
+        .json(&json!({"name": "w", "stages": ["download"], "version": "t", "protocol_version": PROTOCOL_VERSION}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    // A long poll that would wait a minute.
+    let poll = {
+        let client = client.clone();
+        let base = p.base.clone();
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}/v1/leases"))
+                .bearer_auth(AGENT_TOKEN)
+                .json(&json!({"agent_id": reg.agent_id, "stages": ["download"], "wait_ms": 60000}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = p.child.id().expect("pid");
+    let start = Instant::now();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.expect("exits within 10 s").expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(start.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", start.elapsed());
+    // The long poll was answered (empty), not cut off.
+    let r = poll.await.expect("join").expect("the long poll got an answer");
+    let body: LeaseResponse = r.json().await.expect("json");
+    assert!(body.tasks.is_empty());
+    // Spans were flushed to the collector at shutdown.
+    assert!(exported.load(Ordering::SeqCst) > 0, "no OTLP export reached the collector");
+}
