@@ -49,6 +49,22 @@ impl Backend {
         }
     }
 
+    /// Claims a concurrency key for the rest of the transaction without waiting: PostgreSQL
+    /// takes a transaction-scoped advisory lock (`false` when another lease transaction holds
+    /// it right now — skip that task this time); SQLite's single writer already serialises.
+    pub(crate) async fn try_claim_key(self, tx: &mut Transaction<'static, Any>, key: &str) -> sqlx::Result<bool> {
+        match self {
+            Backend::Sqlite => Ok(true),
+            Backend::Postgres => {
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                Ok(got)
+            }
+        }
+    }
+
     pub(crate) async fn notify_replicas(
         self,
         tx: &mut Transaction<'static, Any>,
@@ -64,6 +80,19 @@ impl Backend {
             }
         }
         Ok(())
+    }
+}
+
+/// True for errors that only mean "another transaction got in the way" (deadlock, PostgreSQL
+/// serialisation failure, a concurrency-key race caught by the unique index, SQLite busy):
+/// the transaction rolled back entirely, so running it again is safe.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001") | Some("5") | Some("6"))
+                || is_unique_violation(e)
+        }
+        _ => false,
     }
 }
 

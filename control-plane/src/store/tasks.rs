@@ -13,7 +13,7 @@ use rand::Rng;
 use sqlx::{Any, Row, Transaction};
 use tracing::instrument;
 
-use super::backend::is_unique_violation;
+use super::backend::is_transient;
 use super::pipeline::{self, TaskSubject};
 use super::{clip, placeholders, rows, Result, Store, StoreError};
 
@@ -244,9 +244,9 @@ impl Store {
         let mut attempt = 0;
         loop {
             match self.try_lease(agent_id, stages, max_tasks).await {
-                // Two replicas raced for tasks with the same concurrency key; the unique
-                // index refused the loser, whose transaction rolled back. Try again.
-                Err(StoreError::Database(e)) if is_unique_violation(&e) && attempt < 5 => attempt += 1,
+                // Another transaction got in the way (on PostgreSQL: a deadlock, or a key
+                // race caught by the unique index); ours rolled back. Try again.
+                Err(StoreError::Database(e)) if is_transient(&e) && attempt < 10 => attempt += 1,
                 other => return other,
             }
         }
@@ -312,6 +312,11 @@ impl Store {
                 if keys_taken.contains(&k) {
                     continue;
                 }
+                // Claim the key, then look again: the check in the candidate query may be
+                // stale if another replica leased a task with this key since it ran.
+                if !self.backend().try_claim_key(&mut tx, &k).await? || self.key_is_held(&mut tx, &k).await? {
+                    continue;
+                }
                 keys_taken.push(k);
             }
             ids.push(c.try_get("id")?);
@@ -350,6 +355,15 @@ impl Store {
             self.metrics().leases.with_label_values(&[t.stage.as_str()]).inc();
         }
         Ok(out)
+    }
+
+    async fn key_is_held(&self, tx: &mut Tx, key: &str) -> Result<bool> {
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM tasks WHERE concurrency_key = $1 AND state = 'leased' LIMIT 1")
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(held.is_some())
     }
 
     /// Everything an agent needs to run each leased task, read from what the control plane
@@ -528,6 +542,16 @@ impl Store {
         if items.len() > MAX_BATCH {
             return Err(StoreError::invalid("batch_too_large", format!("at most {MAX_BATCH} completions per call")));
         }
+        let mut attempt = 0;
+        loop {
+            match self.try_complete_batch(items).await {
+                Err(StoreError::Database(e)) if is_transient(&e) && attempt < 10 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_complete_batch(&self, items: &[BatchCompletion]) -> Result<Vec<BatchCompleteOutcome>> {
         let mut tx = self.begin_write().await?;
         let now = self.now(&mut tx).await?;
         let mut woken = Vec::new();
