@@ -49,20 +49,31 @@ impl Backend {
         }
     }
 
-    /// Claims a concurrency key for the rest of the transaction without waiting: PostgreSQL
-    /// takes a transaction-scoped advisory lock (`false` when another lease transaction holds
-    /// it right now — skip that task this time); SQLite's single writer already serialises.
-    pub(crate) async fn try_claim_key(self, tx: &mut Transaction<'static, Any>, key: &str) -> sqlx::Result<bool> {
-        match self {
-            Backend::Sqlite => Ok(true),
-            Backend::Postgres => {
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(key)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                Ok(got)
-            }
+    /// Claims concurrency keys for the rest of the transaction without waiting and returns
+    /// those that are not available. PostgreSQL takes a transaction-scoped advisory lock per
+    /// key (busy → another lease transaction is claiming it right now) and then looks for a
+    /// task already leased with the key (the candidate query may predate another replica's
+    /// commit). SQLite's single writer makes the candidate query current: nothing to do.
+    pub(crate) async fn claim_keys(
+        self,
+        tx: &mut Transaction<'static, Any>,
+        keys: &[&str],
+    ) -> sqlx::Result<Vec<String>> {
+        if self == Backend::Sqlite || keys.is_empty() {
+            return Ok(Vec::new());
         }
+        let rows: Vec<String> = (1..=keys.len()).map(|i| format!("(${i})")).collect();
+        let sql = format!(
+            "SELECT v.column1 FROM (VALUES {}) AS v \
+             WHERE NOT pg_try_advisory_xact_lock(hashtextextended(v.column1, 0)) \
+             OR EXISTS (SELECT 1 FROM tasks t WHERE t.concurrency_key = v.column1 AND t.state = 'leased')",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for k in keys {
+            q = q.bind(*k);
+        }
+        q.fetch_all(&mut **tx).await
     }
 
     pub(crate) async fn notify_replicas(

@@ -123,18 +123,17 @@ pub(crate) async fn enqueue_filters(store: &Store, tx: &mut Tx, video_ids: &[i64
         q = q.bind(*v);
     }
     let rows = q.fetch_all(&mut **tx).await?;
+    let mut tasks = Vec::with_capacity(rows.len());
     for r in &rows {
-        let project_id: i64 = r.try_get("project_id")?;
-        let video_id: i64 = r.try_get("video_id")?;
-        let priority: i64 = r.try_get("priority")?;
-        enqueue(
-            store,
-            tx,
-            NewTask { stage: Stage::Filter, video_id, project_id: Some(project_id), priority, requires: None },
-            now,
-        )
-        .await?;
+        tasks.push(NewTask {
+            stage: Stage::Filter,
+            video_id: r.try_get("video_id")?,
+            project_id: Some(r.try_get("project_id")?),
+            priority: r.try_get("priority")?,
+            requires: None,
+        });
     }
+    enqueue_many(store, tx, &tasks, now).await?;
     Ok(rows.len())
 }
 
@@ -147,215 +146,318 @@ pub(crate) struct TaskSubject {
     pub priority: i64,
 }
 
-/// Records a stage's result on its subject and enqueues the successors. Returns the stages
-/// that got new queued work (to wake their long-polls after commit).
-pub(crate) async fn apply_result(
+/// `($a, $a+1, …), (…), …` for `rows` rows of `cols` placeholders starting at `$start`.
+pub(crate) fn values_rows(start: usize, rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(start + r * cols + c).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// Inserts queued tasks, many per statement.
+pub(crate) async fn enqueue_many(store: &Store, tx: &mut Tx, tasks: &[NewTask], now: i64) -> Result<()> {
+    let s = store.settings();
+    for chunk in tasks.chunks(256) {
+        let sql = format!(
+            "INSERT INTO tasks (stage, video_id, project_id, max_attempts, priority, concurrency_key, requires, \
+             time_limit_ms, state, run_after, created_at, updated_at) \
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, \
+             'queued', $1, $1, $1 FROM (VALUES {}) AS v",
+            values_rows(2, chunk.len(), 8)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for t in chunk {
+            q = q
+                .bind(t.stage.as_str())
+                .bind(t.video_id)
+                .bind(t.project_id)
+                .bind(s.max_attempts)
+                .bind(t.priority)
+                .bind(concurrency_key(t.stage, t.project_id))
+                .bind(t.requires.clone())
+                .bind(s.time_limit_ms.get(t.stage));
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Records the results of accepted completions on their subjects and enqueues successors,
+/// a few set-based statements per stage whatever the batch size. Returns the stages that
+/// got new queued work (to wake their long polls after commit).
+pub(crate) async fn apply_results(
     store: &Store,
     tx: &mut Tx,
-    t: &TaskSubject,
-    result: &StageResult,
+    items: &[(TaskSubject, &StageResult)],
     now: i64,
 ) -> Result<Vec<Stage>> {
     let mut woken = Vec::new();
-    match result {
-        StageResult::Download { file_path, sha256, size_bytes, duration_s, fps, width, height, codec } => {
-            sqlx::query(
-                "UPDATE videos SET sha256 = $1, size_bytes = $2, duration_s = $3, fps = $4, width = $5, \
-                 height = $6, codec = $7, file_path = $8, updated_at = $9 WHERE id = $10",
-            )
-            .bind(sha256)
-            .bind(size_bytes)
-            .bind(duration_s)
-            .bind(fps)
-            .bind(width)
-            .bind(height)
-            .bind(codec)
-            .bind(file_path)
-            .bind(now)
-            .bind(t.video_id)
-            .execute(&mut **tx)
-            .await?;
-            // Identical content under another URL: link to it so the content is extracted once.
-            let canonical = sqlx::query(
-                "SELECT id, state, frames_dir, manifest_path, frame_count FROM videos \
-                 WHERE sha256 = $1 AND id <> $2 AND content_of IS NULL AND state NOT IN ('FAILED', 'CANCELLED') \
-                 ORDER BY id LIMIT 1",
-            )
-            .bind(sha256)
-            .bind(t.video_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            match canonical {
-                Some(c) => {
-                    let cid: i64 = c.try_get("id")?;
-                    let cstate: String = c.try_get("state")?;
-                    if cstate == "EXTRACTED" {
-                        let frames_dir: Option<String> = c.try_get("frames_dir")?;
-                        let manifest: Option<String> = c.try_get("manifest_path")?;
-                        let count: Option<i64> = c.try_get("frame_count")?;
-                        sqlx::query(
-                            "UPDATE videos SET content_of = $1, state = 'EXTRACTED', frames_dir = $2, \
-                             manifest_path = $3, frame_count = $4, updated_at = $5 WHERE id = $6",
-                        )
-                        .bind(cid)
-                        .bind(frames_dir)
-                        .bind(manifest)
-                        .bind(count)
-                        .bind(now)
-                        .bind(t.video_id)
-                        .execute(&mut **tx)
-                        .await?;
-                        if enqueue_filters(store, tx, &[t.video_id], now).await? > 0 {
-                            woken.push(Stage::Filter);
-                        }
-                    } else {
-                        // Waits (visibly: content_of) for the canonical video's extract task.
-                        sqlx::query(
-                            "UPDATE videos SET content_of = $1, state = 'DOWNLOADED', updated_at = $2 WHERE id = $3",
-                        )
-                        .bind(cid)
-                        .bind(now)
-                        .bind(t.video_id)
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                }
-                None => {
-                    sqlx::query("UPDATE videos SET state = 'DOWNLOADED', updated_at = $1 WHERE id = $2")
-                        .bind(now)
-                        .bind(t.video_id)
-                        .execute(&mut **tx)
-                        .await?;
-                    enqueue(
-                        store,
-                        tx,
-                        NewTask {
-                            stage: Stage::Extract,
-                            video_id: t.video_id,
-                            project_id: None,
-                            priority: t.priority,
-                            requires: None,
-                        },
-                        now,
-                    )
-                    .await?;
-                    woken.push(Stage::Extract);
+    let mut downloads = Vec::new();
+    let mut extracts = Vec::new();
+    let mut filters = Vec::new();
+    let mut dedups = Vec::new();
+    let mut detects = Vec::new();
+    for (t, r) in items {
+        match r {
+            StageResult::Download { .. } => downloads.push((t, *r)),
+            StageResult::Extract { .. } => extracts.push((t, *r)),
+            StageResult::Filter { .. } => filters.push((t, *r)),
+            StageResult::Dedup { .. } => dedups.push((t, *r)),
+            StageResult::Detect { .. } => detects.push((t, *r)),
+        }
+    }
+    if !downloads.is_empty() && apply_downloads(store, tx, &mut downloads, now, &mut woken).await? {
+        woken.push(Stage::Extract);
+    }
+    if !extracts.is_empty() {
+        let sql = format!(
+            "UPDATE videos SET state = 'EXTRACTED', frames_dir = v.column2, manifest_path = v.column3, \
+             frame_count = v.column4, updated_at = $1 FROM (VALUES {}) AS v WHERE videos.id = v.column1",
+            values_rows(2, extracts.len(), 4)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (t, r) in &extracts {
+            if let StageResult::Extract { frames_dir, manifest_path, frame_count } = r {
+                q = q.bind(t.video_id).bind(frames_dir.as_str()).bind(manifest_path.as_str()).bind(*frame_count);
+            }
+        }
+        q.execute(&mut **tx).await?;
+        // Videos with identical content that waited on these get the same frames.
+        let sql = format!(
+            "UPDATE videos SET state = 'EXTRACTED', frames_dir = v.column2, manifest_path = v.column3, \
+             frame_count = v.column4, updated_at = $1 FROM (VALUES {}) AS v \
+             WHERE videos.content_of = v.column1 AND videos.state = 'DOWNLOADED' RETURNING id",
+            values_rows(2, extracts.len(), 4)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (t, r) in &extracts {
+            if let StageResult::Extract { frames_dir, manifest_path, frame_count } = r {
+                q = q.bind(t.video_id).bind(frames_dir.as_str()).bind(manifest_path.as_str()).bind(*frame_count);
+            }
+        }
+        let mut ids: Vec<i64> = extracts.iter().map(|(t, _)| t.video_id).collect();
+        for r in q.fetch_all(&mut **tx).await? {
+            ids.push(r.try_get("id")?);
+        }
+        if enqueue_filters(store, tx, &ids, now).await? > 0 {
+            woken.push(Stage::Filter);
+        }
+    }
+    if !filters.is_empty() {
+        let sql = format!(
+            "UPDATE project_videos SET state = CASE WHEN v.column5 = 0 THEN 'FILTERED_EMPTY' ELSE 'FILTERED' END, \
+             frames_in = v.column3, filter_dir = v.column4, frames_filtered = v.column5, updated_at = $1 \
+             FROM (VALUES {}) AS v WHERE project_videos.project_id = v.column1 AND project_videos.video_id = v.column2",
+            values_rows(2, filters.len(), 5)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        let mut next = Vec::new();
+        for (t, r) in &filters {
+            if let StageResult::Filter { output_dir, frames_in, frames_kept } = r {
+                q = q
+                    .bind(t.project_id.unwrap_or(0))
+                    .bind(t.video_id)
+                    .bind(*frames_in)
+                    .bind(output_dir.as_str())
+                    .bind(*frames_kept);
+                if *frames_kept > 0 {
+                    next.push(successor(t, Stage::Dedup));
                 }
             }
         }
-        StageResult::Extract { frames_dir, manifest_path, frame_count } => {
-            let rows = sqlx::query(
-                "UPDATE videos SET state = 'EXTRACTED', frames_dir = $1, manifest_path = $2, frame_count = $3, \
-                 updated_at = $4 WHERE id = $5 OR (content_of = $5 AND state = 'DOWNLOADED') RETURNING id",
-            )
-            .bind(frames_dir)
-            .bind(manifest_path)
-            .bind(frame_count)
-            .bind(now)
-            .bind(t.video_id)
-            .fetch_all(&mut **tx)
-            .await?;
-            let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
-            if enqueue_filters(store, tx, &ids, now).await? > 0 {
-                woken.push(Stage::Filter);
-            }
+        q.execute(&mut **tx).await?;
+        if !next.is_empty() {
+            enqueue_many(store, tx, &next, now).await?;
+            woken.push(Stage::Dedup);
         }
-        StageResult::Filter { output_dir, frames_in, frames_kept } => {
-            let state = if *frames_kept == 0 { "FILTERED_EMPTY" } else { "FILTERED" };
-            sqlx::query(
-                "UPDATE project_videos SET state = $1, frames_in = $2, frames_filtered = $3, filter_dir = $4, \
-                 updated_at = $5 WHERE project_id = $6 AND video_id = $7",
-            )
-            .bind(state)
-            .bind(frames_in)
-            .bind(frames_kept)
-            .bind(output_dir)
-            .bind(now)
-            .bind(t.project_id.unwrap_or(0))
-            .bind(t.video_id)
-            .execute(&mut **tx)
-            .await?;
-            if *frames_kept > 0 {
-                enqueue(
-                    store,
-                    tx,
-                    NewTask {
-                        stage: Stage::Dedup,
-                        video_id: t.video_id,
-                        project_id: t.project_id,
-                        priority: t.priority,
-                        requires: None,
-                    },
-                    now,
-                )
-                .await?;
-                woken.push(Stage::Dedup);
-            }
-        }
-        StageResult::Dedup { output_dir, frames_in: _, frames_kept } => {
-            if *frames_kept > 0 {
-                // Record the order in which videos enter the project's kept set; the dedup
-                // concurrency key makes this the only writer of the project's sequence.
-                sqlx::query(
-                    "UPDATE project_videos SET state = 'DEDUPED', frames_deduped = $1, dedup_dir = $2, \
-                     updated_at = $3, kept_seq = (SELECT COALESCE(MAX(k.kept_seq), 0) + 1 FROM project_videos k \
-                     WHERE k.project_id = $4) WHERE project_id = $4 AND video_id = $5",
-                )
-                .bind(frames_kept)
-                .bind(output_dir)
-                .bind(now)
-                .bind(t.project_id.unwrap_or(0))
-                .bind(t.video_id)
-                .execute(&mut **tx)
-                .await?;
-                enqueue(
-                    store,
-                    tx,
-                    NewTask {
-                        stage: Stage::Detect,
-                        video_id: t.video_id,
-                        project_id: t.project_id,
-                        priority: t.priority,
-                        requires: None,
-                    },
-                    now,
-                )
-                .await?;
-                woken.push(Stage::Detect);
+    }
+    // Dedup results of one project must get consecutive kept_seq values; the concurrency
+    // key means a batch holds at most one per project, but split into rounds to be sure.
+    while !dedups.is_empty() {
+        let mut round = Vec::new();
+        let mut rest = Vec::new();
+        for d in dedups {
+            if round.iter().any(|(t, _): &(&TaskSubject, &StageResult)| t.project_id == d.0.project_id) {
+                rest.push(d);
             } else {
-                update_pv(tx, t, "frames_deduped = $2, dedup_dir = $3", "COMPLETE", *frames_kept, output_dir, now)
-                    .await?;
+                round.push(d);
             }
         }
-        StageResult::Detect { output_dir, frames_in: _, detections } => {
-            update_pv(tx, t, "detections = $2, detect_dir = $3", "COMPLETE", *detections, output_dir, now).await?;
+        dedups = rest;
+        let sql = format!(
+            "UPDATE project_videos SET state = CASE WHEN v.column4 > 0 THEN 'DEDUPED' ELSE 'COMPLETE' END, \
+             dedup_dir = v.column3, frames_deduped = v.column4, updated_at = $1, \
+             kept_seq = CASE WHEN v.column4 > 0 THEN (SELECT COALESCE(MAX(k.kept_seq), 0) + 1 FROM project_videos k \
+                 WHERE k.project_id = v.column1) ELSE NULL END \
+             FROM (VALUES {}) AS v WHERE project_videos.project_id = v.column1 AND project_videos.video_id = v.column2",
+            values_rows(2, round.len(), 4)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        let mut next = Vec::new();
+        for (t, r) in &round {
+            if let StageResult::Dedup { output_dir, frames_kept, .. } = r {
+                q = q.bind(t.project_id.unwrap_or(0)).bind(t.video_id).bind(output_dir.as_str()).bind(*frames_kept);
+                if *frames_kept > 0 {
+                    next.push(successor(t, Stage::Detect));
+                }
+            }
         }
+        q.execute(&mut **tx).await?;
+        if !next.is_empty() {
+            enqueue_many(store, tx, &next, now).await?;
+            woken.push(Stage::Detect);
+        }
+    }
+    if !detects.is_empty() {
+        let sql = format!(
+            "UPDATE project_videos SET state = 'COMPLETE', detections = v.column3, detect_dir = v.column4, updated_at = $1 \
+             FROM (VALUES {}) AS v WHERE project_videos.project_id = v.column1 AND project_videos.video_id = v.column2",
+            values_rows(2, detects.len(), 4)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (t, r) in &detects {
+            if let StageResult::Detect { output_dir, detections, .. } = r {
+                q = q.bind(t.project_id.unwrap_or(0)).bind(t.video_id).bind(*detections).bind(output_dir.as_str());
+            }
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(woken)
 }
 
-async fn update_pv(
+fn successor(t: &TaskSubject, stage: Stage) -> NewTask {
+    NewTask { stage, video_id: t.video_id, project_id: t.project_id, priority: t.priority, requires: None }
+}
+
+/// Download results: record metadata, then per video either link it to earlier identical
+/// content (by sha256; extracted once) or enqueue its extract. Returns whether extracts
+/// were enqueued.
+async fn apply_downloads(
+    store: &Store,
     tx: &mut Tx,
-    t: &TaskSubject,
-    set: &str,
-    state: &str,
-    count: i64,
-    dir: &str,
+    downloads: &mut [(&TaskSubject, &StageResult)],
     now: i64,
-) -> Result<()> {
-    // `set` is one of a few literals in this file, never input.
-    let sql =
-        format!("UPDATE project_videos SET state = $1, {set}, updated_at = $4 WHERE project_id = $5 AND video_id = $6");
-    sqlx::query(&sql)
-        .bind(state)
-        .bind(count)
-        .bind(dir)
-        .bind(now)
-        .bind(t.project_id.unwrap_or(0))
-        .bind(t.video_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    woken: &mut Vec<Stage>,
+) -> Result<bool> {
+    downloads.sort_by_key(|(t, _)| t.video_id);
+    let sql = format!(
+        "UPDATE videos SET sha256 = v.column2, size_bytes = v.column3, duration_s = v.column4, fps = v.column5, \
+         width = v.column6, height = v.column7, codec = v.column8, file_path = v.column9, updated_at = $1 \
+         FROM (VALUES {}) AS v WHERE videos.id = v.column1",
+        values_rows(2, downloads.len(), 9)
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    let mut shas: Vec<&str> = Vec::new();
+    for (t, r) in downloads.iter() {
+        if let StageResult::Download { file_path, sha256, size_bytes, duration_s, fps, width, height, codec } = r {
+            q = q
+                .bind(t.video_id)
+                .bind(sha256.as_str())
+                .bind(*size_bytes)
+                .bind(*duration_s)
+                .bind(*fps)
+                .bind(*width)
+                .bind(*height)
+                .bind(codec.clone())
+                .bind(file_path.as_str());
+            shas.push(sha256);
+        }
+    }
+    q.execute(&mut **tx).await?;
+    let sql = format!(
+        "SELECT id, sha256, state, frames_dir, manifest_path, frame_count FROM videos \
+         WHERE sha256 IN ({}) AND content_of IS NULL AND state NOT IN ('FAILED', 'CANCELLED') ORDER BY id",
+        placeholders(1, shas.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for s in &shas {
+        q = q.bind(*s);
+    }
+    let known = q.fetch_all(&mut **tx).await?;
+    let in_batch: Vec<i64> = downloads.iter().map(|(t, _)| t.video_id).collect();
+    let mut canonical_in_batch: Vec<i64> = Vec::new();
+    let mut extract = Vec::new();
+    for (t, r) in downloads.iter() {
+        let StageResult::Download { sha256, .. } = r else { continue };
+        // The oldest other video with this content that is not itself waiting; videos of
+        // this batch count only once they have been decided (in id order), so two new
+        // copies never wait on each other.
+        let mut canonical = None;
+        for k in &known {
+            let id: i64 = k.try_get("id")?;
+            let sha: String = k.try_get("sha256")?;
+            if id != t.video_id && &sha == sha256 && (!in_batch.contains(&id) || canonical_in_batch.contains(&id)) {
+                canonical = Some(k);
+                break;
+            }
+        }
+        match canonical {
+            Some(c) => {
+                let cid: i64 = c.try_get("id")?;
+                let cstate: String = c.try_get("state")?;
+                if cstate == "EXTRACTED" {
+                    let frames_dir: Option<String> = c.try_get("frames_dir")?;
+                    let manifest: Option<String> = c.try_get("manifest_path")?;
+                    let count: Option<i64> = c.try_get("frame_count")?;
+                    sqlx::query(
+                        "UPDATE videos SET content_of = $1, state = 'EXTRACTED', frames_dir = $2, \
+                         manifest_path = $3, frame_count = $4, updated_at = $5 WHERE id = $6",
+                    )
+                    .bind(cid)
+                    .bind(frames_dir)
+                    .bind(manifest)
+                    .bind(count)
+                    .bind(now)
+                    .bind(t.video_id)
+                    .execute(&mut **tx)
+                    .await?;
+                    if enqueue_filters(store, tx, &[t.video_id], now).await? > 0 {
+                        woken.push(Stage::Filter);
+                    }
+                } else {
+                    // Waits (visibly: content_of) for the canonical video's extract task.
+                    sqlx::query(
+                        "UPDATE videos SET content_of = $1, state = 'DOWNLOADED', updated_at = $2 WHERE id = $3",
+                    )
+                    .bind(cid)
+                    .bind(now)
+                    .bind(t.video_id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+            None => {
+                canonical_in_batch.push(t.video_id);
+                extract.push(successor(t, Stage::Extract));
+            }
+        }
+    }
+    if extract.is_empty() {
+        return Ok(false);
+    }
+    let sql = format!(
+        "UPDATE videos SET state = 'DOWNLOADED', updated_at = $1 WHERE id IN ({})",
+        placeholders(2, extract.len())
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for t in &extract {
+        q = q.bind(t.video_id);
+    }
+    q.execute(&mut **tx).await?;
+    enqueue_many(store, tx, &extract, now).await?;
+    Ok(true)
 }
 
 /// Marks a task's subject FAILED after its task died. A failed video fails its waiting

@@ -14,6 +14,7 @@ use sqlx::{Any, Row, Transaction};
 use tracing::instrument;
 
 use super::backend::is_transient;
+use super::pipeline::values_rows;
 use super::pipeline::{self, TaskSubject};
 use super::{clip, placeholders, rows, Result, Store, StoreError};
 
@@ -225,16 +226,6 @@ impl Store {
         (raw as f64 * factor) as i64
     }
 
-    async fn project_name(&self, tx: &mut Tx, project_id: Option<i64>) -> Result<Option<String>> {
-        match project_id {
-            None => Ok(None),
-            Some(p) => Ok(sqlx::query_scalar("SELECT name FROM projects WHERE id = $1")
-                .bind(p)
-                .fetch_optional(&mut **tx)
-                .await?),
-        }
-    }
-
     /// Leases up to `max_tasks` runnable tasks of `stages` to a registered agent: priority
     /// first, then age; never two leased tasks with one concurrency key; tasks that require a
     /// capability only go to agents that advertise it. Returns at once (the long-poll wait is
@@ -276,6 +267,8 @@ impl Store {
                 format!("agent {agent_id} did not register stage {s}; register it first"),
             ));
         }
+        // One query in queue order (index tasks_queue_order: priority DESC, id), filtered by
+        // stage; it locks (PostgreSQL) only the rows it returns.
         let mut sql = format!(
             "SELECT t.id, t.concurrency_key FROM tasks t WHERE t.state = 'queued' AND t.run_after <= $1 \
              AND t.stage IN ({})",
@@ -303,23 +296,25 @@ impl Store {
         for c in &caps {
             q = q.bind(c.as_str());
         }
-        let candidates = q.fetch_all(&mut *tx).await?;
+        let mut candidates: Vec<(i64, Option<String>)> = Vec::new();
+        for r in q.fetch_all(&mut *tx).await? {
+            candidates.push((r.try_get("id")?, r.try_get("concurrency_key")?));
+        }
+        // Concurrency keys: claim them all without waiting; skip the unavailable ones.
+        let mut keys: Vec<&str> = candidates.iter().filter_map(|(_, k)| k.as_deref()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let unavailable = self.backend().claim_keys(&mut tx, &keys).await?;
         let mut keys_taken: Vec<String> = Vec::new();
         let mut ids: Vec<i64> = Vec::with_capacity(candidates.len());
-        for c in &candidates {
-            let key: Option<String> = c.try_get("concurrency_key")?;
+        for (id, key) in &candidates {
             if let Some(k) = key {
-                if keys_taken.contains(&k) {
+                if keys_taken.contains(k) || unavailable.contains(k) {
                     continue;
                 }
-                // Claim the key, then look again: the check in the candidate query may be
-                // stale if another replica leased a task with this key since it ran.
-                if !self.backend().try_claim_key(&mut tx, &k).await? || self.key_is_held(&mut tx, &k).await? {
-                    continue;
-                }
-                keys_taken.push(k);
+                keys_taken.push(k.clone());
             }
-            ids.push(c.try_get("id")?);
+            ids.push(*id);
         }
         if ids.is_empty() {
             tx.commit().await?;
@@ -355,15 +350,6 @@ impl Store {
             self.metrics().leases.with_label_values(&[t.stage.as_str()]).inc();
         }
         Ok(out)
-    }
-
-    async fn key_is_held(&self, tx: &mut Tx, key: &str) -> Result<bool> {
-        let held: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM tasks WHERE concurrency_key = $1 AND state = 'leased' LIMIT 1")
-                .bind(key)
-                .fetch_optional(&mut **tx)
-                .await?;
-        Ok(held.is_some())
     }
 
     /// Everything an agent needs to run each leased task, read from what the control plane
@@ -403,6 +389,51 @@ impl Store {
                 projects.insert(r.try_get("id")?, (r.try_get("name")?, config));
             }
         }
+        // Per-project-video paths of the project-stage tasks, in one query.
+        let pairs: Vec<(i64, i64)> = leased
+            .iter()
+            .filter(|(t, _)| matches!(t.stage, Stage::Dedup | Stage::Detect))
+            .map(|(t, _)| (t.project_id.unwrap_or(0), t.video_id))
+            .collect();
+        let mut pvs: HashMap<(i64, i64), (Option<String>, Option<String>)> = HashMap::new();
+        if !pairs.is_empty() {
+            let sql = format!(
+                "SELECT pv.project_id, pv.video_id, pv.filter_dir, pv.dedup_dir FROM project_videos pv \
+                 JOIN (VALUES {}) AS v ON pv.project_id = v.column1 AND pv.video_id = v.column2",
+                values_rows(1, pairs.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (p, v) in &pairs {
+                q = q.bind(*p).bind(*v);
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                pvs.insert(
+                    (r.try_get("project_id")?, r.try_get("video_id")?),
+                    (r.try_get("filter_dir")?, r.try_get("dedup_dir")?),
+                );
+            }
+        }
+        // Each dedup task gets its project's kept set so far, in the order it was built.
+        let mut dedup_projects: Vec<i64> =
+            leased.iter().filter(|(t, _)| t.stage == Stage::Dedup).filter_map(|(t, _)| t.project_id).collect();
+        dedup_projects.sort_unstable();
+        dedup_projects.dedup();
+        let mut kept: HashMap<i64, Vec<String>> = HashMap::new();
+        if !dedup_projects.is_empty() {
+            let sql = format!(
+                "SELECT project_id, dedup_dir FROM project_videos WHERE project_id IN ({}) AND kept_seq IS NOT NULL \
+                 ORDER BY project_id, kept_seq",
+                placeholders(1, dedup_projects.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for p in &dedup_projects {
+                q = q.bind(*p);
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                let dir: Option<String> = r.try_get("dedup_dir")?;
+                kept.entry(r.try_get("project_id")?).or_default().push(dir.unwrap_or_default());
+            }
+        }
         let mut out = Vec::with_capacity(leased.len());
         for (t, time_limit_ms) in leased {
             let v =
@@ -428,25 +459,15 @@ impl Store {
                     input.project = Some(name.clone());
                     input.frames_dir = v.try_get("frames_dir")?;
                     input.manifest_path = v.try_get("manifest_path")?;
-                    let pv = sqlx::query(
-                        "SELECT filter_dir, dedup_dir FROM project_videos WHERE project_id = $1 AND video_id = $2",
-                    )
-                    .bind(t.project_id.unwrap_or(0))
-                    .bind(t.video_id)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                    let pv = pvs.get(&(t.project_id.unwrap_or(0), t.video_id));
+                    let filter_dir = pv.and_then(|p| p.0.clone());
+                    let dedup_dir = pv.and_then(|p| p.1.clone());
                     match t.stage {
                         Stage::Filter => input.filter = Some(config.filter.clone()),
                         Stage::Dedup => {
                             input.dedup = Some(config.dedup.clone());
-                            input.filtered_dir = pv.try_get("filter_dir")?;
-                            input.prior_kept_dirs = sqlx::query_scalar(
-                                "SELECT dedup_dir FROM project_videos WHERE project_id = $1 AND kept_seq IS NOT NULL \
-                                 ORDER BY kept_seq",
-                            )
-                            .bind(t.project_id.unwrap_or(0))
-                            .fetch_all(&mut **tx)
-                            .await?;
+                            input.filtered_dir = filter_dir;
+                            input.prior_kept_dirs = kept.get(&t.project_id.unwrap_or(0)).cloned().unwrap_or_default();
                         }
                         _ => {
                             let mut detect = config.detect.clone();
@@ -454,7 +475,7 @@ impl Store {
                                 detect.prompts = config.filter.positive_prompts.clone();
                             }
                             input.detect = Some(detect);
-                            input.deduped_dir = pv.try_get("dedup_dir")?;
+                            input.deduped_dir = dedup_dir;
                         }
                     }
                 }
@@ -554,18 +575,111 @@ impl Store {
     async fn try_complete_batch(&self, items: &[BatchCompletion]) -> Result<Vec<BatchCompleteOutcome>> {
         let mut tx = self.begin_write().await?;
         let now = self.now(&mut tx).await?;
-        let mut woken = Vec::new();
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut durations = Vec::new();
-        for item in items {
-            let outcome = match self.complete_one(&mut tx, item, now).await {
-                Ok((dup, stages, duration)) => {
-                    woken.extend(stages);
-                    if let Some(d) = duration {
-                        durations.push(d);
+        let mut ids: Vec<i64> = items.iter().map(|i| i.task_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let sql = format!(
+            "SELECT t.id, t.stage, t.state, t.video_id, t.project_id, t.priority, t.lease_token, t.attempts, \
+             t.max_attempts, t.leased_at, p.name AS project_name FROM tasks t LEFT JOIN projects p ON p.id = t.project_id \
+             WHERE t.id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        let mut rows: HashMap<i64, (TaskRow, Option<String>)> = HashMap::new();
+        for r in q.fetch_all(&mut *tx).await? {
+            let t = task_row(&r)?;
+            rows.insert(t.id, (t, r.try_get("project_name")?));
+        }
+        // Judge each completion on the rows as read; an accepted one makes a later repeat in
+        // the same batch a duplicate.
+        let mut verdicts: Vec<Result<bool>> = Vec::with_capacity(items.len());
+        let mut accepted: Vec<usize> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let verdict = match rows.get(&item.task_id) {
+                None => Err(StoreError::NotFound(format!("task {} not found", item.task_id))),
+                Some((t, project)) => {
+                    let earlier =
+                        accepted.iter().find(|&&j| items[j].task_id == item.task_id).map(|&j| items[j].lease_token);
+                    if let Some(token) = earlier {
+                        if token == item.lease_token {
+                            Ok(true)
+                        } else {
+                            Err(refuse(t, item.lease_token))
+                        }
+                    } else if t.state == "succeeded" && t.lease_token == item.lease_token {
+                        // The agent lost our reply and asked again: same answer, no second effect.
+                        Ok(true)
+                    } else if t.state != "leased" || t.lease_token != item.lease_token {
+                        Err(refuse(t, item.lease_token))
+                    } else {
+                        let dir = attempt_dir(t.stage, t.video_id, project.as_deref(), t.id, t.lease_token);
+                        validate_result(t.stage, &dir, &item.result).map(|()| {
+                            accepted.push(i);
+                            false
+                        })
                     }
-                    BatchCompleteOutcome { task_id: item.task_id, status: 200, duplicate: dup, error: None }
                 }
+            };
+            verdicts.push(verdict);
+        }
+        // One fenced UPDATE for all accepted completions; a row the fence refuses (another
+        // replica requeued it since our read) is a lost lease and gets no successors.
+        let mut fenced: Vec<i64> = Vec::new();
+        if !accepted.is_empty() {
+            let sql = format!(
+                "UPDATE tasks SET state = 'succeeded', result = v.column3, output_path = v.column4, finished_at = $1, \
+                 updated_at = $1, lease_expires_at = NULL FROM (VALUES {}) AS v \
+                 WHERE tasks.id = v.column1 AND tasks.lease_token = v.column2 AND tasks.state = 'leased' RETURNING id",
+                values_rows(2, accepted.len(), 4)
+            );
+            let mut q = sqlx::query(&sql).bind(now);
+            for &i in &accepted {
+                let item = &items[i];
+                let json =
+                    serde_json::to_string(&item.result).map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+                q = q.bind(item.task_id).bind(item.lease_token).bind(json).bind(output_path(&item.result).to_string());
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                fenced.push(r.try_get("id")?);
+            }
+        }
+        let mut applied = Vec::new();
+        let mut durations = Vec::new();
+        for &i in &accepted {
+            let item = &items[i];
+            let (t, _) = &rows[&item.task_id];
+            if fenced.contains(&item.task_id) {
+                applied.push((t.subject(), &item.result));
+                if let Some(at) = t.leased_at {
+                    durations.push((t.stage, now - at));
+                }
+            } else {
+                verdicts[i] = Err(refuse(t, item.lease_token));
+            }
+        }
+        // A repeat (within this batch) of a completion the fence refused is refused too.
+        for (i, item) in items.iter().enumerate() {
+            let repeat_of_refused = accepted.iter().any(|&j| j != i && items[j].task_id == item.task_id)
+                && !fenced.contains(&item.task_id)
+                && matches!(verdicts[i], Ok(true));
+            if repeat_of_refused {
+                let (t, _) = &rows[&item.task_id];
+                verdicts[i] = Err(refuse(t, item.lease_token));
+            }
+        }
+        let woken = pipeline::apply_results(self, &mut tx, &applied, now).await?;
+        self.commit_and_wake(tx, &woken).await?;
+        for (stage, ms) in durations {
+            self.metrics().completions.with_label_values(&[stage.as_str()]).inc();
+            self.metrics().task_duration.with_label_values(&[stage.as_str()]).observe(ms as f64 / 1000.0);
+        }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (item, v) in items.iter().zip(verdicts) {
+            outcomes.push(match v {
+                Ok(duplicate) => BatchCompleteOutcome { task_id: item.task_id, status: 200, duplicate, error: None },
                 Err(e) => {
                     let (status, code) = match &e {
                         StoreError::NotFound(_) => (404, "not_found"),
@@ -580,52 +694,9 @@ impl Store {
                         error: Some(ErrorDetail { code: code.to_string(), message: e.to_string() }),
                     }
                 }
-            };
-            outcomes.push(outcome);
-        }
-        self.commit_and_wake(tx, &woken).await?;
-        for (stage, ms) in durations {
-            self.metrics().completions.with_label_values(&[stage.as_str()]).inc();
-            self.metrics().task_duration.with_label_values(&[stage.as_str()]).observe(ms as f64 / 1000.0);
+            });
         }
         Ok(outcomes)
-    }
-
-    async fn complete_one(
-        &self,
-        tx: &mut Tx,
-        item: &BatchCompletion,
-        now: i64,
-    ) -> Result<(bool, Vec<Stage>, Option<(Stage, i64)>)> {
-        let t = load_task(tx, item.task_id).await?;
-        if t.state == "succeeded" && t.lease_token == item.lease_token {
-            // The agent lost our reply and asked again: same answer, no second effect.
-            return Ok((true, Vec::new(), None));
-        }
-        if t.state != "leased" || t.lease_token != item.lease_token {
-            return Err(refuse(&t, item.lease_token));
-        }
-        let project = self.project_name(tx, t.project_id).await?;
-        let dir = attempt_dir(t.stage, t.video_id, project.as_deref(), t.id, t.lease_token);
-        validate_result(t.stage, &dir, &item.result)?;
-        let result_json =
-            serde_json::to_string(&item.result).map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
-        let done = sqlx::query(
-            "UPDATE tasks SET state = 'succeeded', result = $1, output_path = $2, finished_at = $3, updated_at = $3, \
-             lease_expires_at = NULL WHERE id = $4 AND lease_token = $5 AND state = 'leased'",
-        )
-        .bind(result_json)
-        .bind(output_path(&item.result))
-        .bind(now)
-        .bind(t.id)
-        .bind(t.lease_token)
-        .execute(&mut **tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Err(refuse(&t, item.lease_token));
-        }
-        let woken = pipeline::apply_result(self, tx, &t.subject(), &item.result, now).await?;
-        Ok((false, woken, t.leased_at.map(|at| (t.stage, now - at))))
     }
 
     /// Records a failure: retryable ones go back to the queue with backoff until the last
