@@ -332,7 +332,7 @@ async fn run(a: RunArgs) -> Result<()> {
         if Instant::now() > done_by {
             bail!("load did not finish: {succeeded}/{total}");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     std::fs::write(&stop_file, b"")?;
     for mut c in children {

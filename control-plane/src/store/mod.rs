@@ -168,10 +168,11 @@ impl Store {
                 (Backend::Sqlite, writer, reader)
             }
             DatabaseLocation::Postgres(url) => {
+                let url = with_statement_cache(url);
                 let pool = AnyPoolOptions::new()
                     .max_connections(settings.db_max_connections)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect(url)
+                    .connect(&url)
                     .await?;
                 (Backend::Postgres, pool.clone(), pool)
             }
@@ -252,6 +253,16 @@ impl Store {
         self.inner.writer.close().await;
         self.inner.reader.close().await;
     }
+}
+
+/// Batched statements come in many shapes (one per batch size); a larger per-connection
+/// prepared-statement cache keeps PostgreSQL from re-planning them (unless the URL sets it).
+fn with_statement_cache(url: &str) -> String {
+    if url.contains("statement-cache-capacity") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}statement-cache-capacity=2000")
 }
 
 async fn sqlite_pool(url: &str, max: u32) -> Result<AnyPool> {

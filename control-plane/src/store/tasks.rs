@@ -246,8 +246,7 @@ impl Store {
     async fn try_lease(&self, agent_id: i64, stages: &[Stage], max_tasks: usize) -> Result<Vec<LeasedTask>> {
         let mut tx = self.begin_write().await?;
         let now = self.now(&mut tx).await?;
-        let agent = sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2 RETURNING stages, capabilities")
-            .bind(now)
+        let agent = sqlx::query("SELECT stages, capabilities, last_seen FROM agents WHERE id = $1")
             .bind(agent_id)
             .fetch_optional(&mut *tx)
             .await?
@@ -257,6 +256,15 @@ impl Store {
                     format!("agent {agent_id} is not registered; register first"),
                 )
             })?;
+        // Liveness needs seconds, not milliseconds: skip the write (and its dead row version)
+        // when the agent was seen in the last second.
+        if agent.try_get::<i64, _>("last_seen")? < now - 1_000 {
+            sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2")
+                .bind(now)
+                .bind(agent_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let registered: Vec<String> = serde_json::from_str(&agent.try_get::<String, _>("stages")?)
             .map_err(|e| StoreError::Corrupt(format!("agent stages: {e}")))?;
         let caps: Vec<String> = serde_json::from_str(&agent.try_get::<String, _>("capabilities")?)
