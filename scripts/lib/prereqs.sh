@@ -2,8 +2,7 @@
 # (PostgreSQL server for the tests and clusters, ffmpeg for the agent's extract stage).
 ensure_debian_packages() {
   local need=()
-  command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
-  command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+  if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then need+=(ffmpeg); fi
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v curl >/dev/null 2>&1 || need+=(curl)
   if [ ${#need[@]} -eq 0 ]; then return 0; fi

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Release build of the binaries that ship in the container image, into $OUT (default
+# ./dist). The Dockerfile runs exactly this; CI runs it too, so the image build cannot rot
+# unnoticed on machines without a Docker engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-dist}"
+cargo build --release --locked -p dataminer-control-plane
+mkdir -p "$OUT"
+cp target/release/control-plane "$OUT/"
+"$OUT/control-plane" --version
