@@ -97,3 +97,17 @@ async fn no_tokens_means_loopback_only() {
     stop.cancel();
     let _ = h.await;
 }
+
+#[tokio::test]
+async fn the_sqlite_file_serves_one_process() {
+    let first = spawn_app(Db::Sqlite).await;
+    let mut c = first.config.clone();
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    match Application::build(c).await {
+        Err(e @ StartError::Store(_)) => {
+            assert!(e.to_string().contains("another control-plane process"), "{e}");
+        }
+        other => panic!("a second process on the same SQLite file must be refused, got {other:?}"),
+    }
+    first.stop().await;
+}

@@ -44,6 +44,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database cannot be set up (directory, lock held by another process).
+    #[error("{0}")]
+    Setup(String),
     /// A row that our own code wrote but cannot be read back: a bug or a hand-edited database.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -133,6 +136,9 @@ struct Inner {
     settings: StoreSettings,
     wakeup: Wakeup,
     metrics: Metrics,
+    /// SQLite: an exclusive lock on `<db>.lock`, held for the life of the store, so a second
+    /// control-plane process on the same file refuses to start.
+    _file_lock: Option<std::fs::File>,
 }
 
 /// Where the database is.
@@ -151,15 +157,14 @@ impl Store {
         metrics: Metrics,
     ) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        let mut file_lock = None;
         let (backend, writer, reader) = match location {
             DatabaseLocation::SqliteFile(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Database(sqlx::Error::Configuration(
-                            format!("cannot create {}: {e}", dir.display()).into(),
-                        ))
-                    })?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
                 }
+                file_lock = Some(lock_sqlite_file(path)?);
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let writer = sqlite_pool(&url, 1).await?;
                 // WAL must be on before readers open, and it persists in the file.
@@ -177,7 +182,9 @@ impl Store {
                 (Backend::Postgres, pool.clone(), pool)
             }
         };
-        let store = Store { inner: Arc::new(Inner { backend, writer, reader, settings, wakeup, metrics }) };
+        let store = Store {
+            inner: Arc::new(Inner { backend, writer, reader, settings, wakeup, metrics, _file_lock: file_lock }),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -252,6 +259,28 @@ impl Store {
     pub async fn close(&self) {
         self.inner.writer.close().await;
         self.inner.reader.close().await;
+    }
+}
+
+/// The embedded database belongs to one control-plane process (its lease path relies on a
+/// single writer); a second one on the same file is refused with a clear error.
+fn lock_sqlite_file(db: &std::path::Path) -> Result<std::fs::File> {
+    let path = db.with_extension("db.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Setup(format!(
+            "another control-plane process is using {} (lock {}); the embedded SQLite database \
+                 serves one process — use PostgreSQL (DATABASE_URL) for several replicas",
+            db.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Setup(format!("cannot lock {}: {e}", path.display()))),
     }
 }
 
