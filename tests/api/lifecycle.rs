@@ -110,3 +110,23 @@ async fn sigterm_stops_cleanly_and_spans_reach_the_collector(db: Db) {
     // Spans were flushed to the collector at shutdown.
     assert!(exported.load(Ordering::SeqCst) > 0, "no OTLP export reached the collector");
 }
+
+/// `control-plane migrate` applies the migrations and exits; running it again is a no-op.
+#[tokio::test]
+async fn migrate_subcommand_is_idempotent() {
+    let dir = ScratchDir::new();
+    for _ in 0..2 {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dm-control-plane"))
+            .arg("migrate")
+            .env_clear()
+            .env("DATAMINER_STATE_DIR", &dir.0)
+            .env("DATAMINER_LOG_FORMAT", "json")
+            .output()
+            .await
+            .expect("run migrate");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(log.contains("migrations applied"), "{log}");
+    }
+    assert!(dir.0.join("dataminer.db").exists());
+}
