@@ -33,4 +33,5 @@ mod process;
 mod projects;
 mod reaper;
 mod safety;
+mod transitions;
 mod videos;
