@@ -130,3 +130,64 @@ async fn migrate_subcommand_is_idempotent() {
     }
     assert!(dir.0.join("dataminer.db").exists());
 }
+
+/// PostgreSQL replicas wake each other: an agent long-polling replica B gets a task that
+/// replica A enqueued within a fraction of the fallback poll (20 s), through LISTEN/NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_wake_each_others_long_polls() {
+    let dir = ScratchDir::new();
+    let url = fresh_pg_database().await;
+    let slow_poll = [("DATAMINER_POLL_FALLBACK_MS", "20000")];
+    let a = start_control_plane(Some(&url), &dir.0, &slow_poll).await;
+    let b = start_control_plane(Some(&url), &dir.0, &slow_poll).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/projects", a.base))
+        .bearer_auth(USER_TOKEN)
+        .json(&json!({"name": "p", "config": {"filter": {"positive_prompts": ["x"]}}}))
+        .send()
+        .await
+        .expect("send");
+    assert!(r.status().is_success());
+    let reg: RegisterAgentResponse = client
+        .post(format!("{}/v1/agents/register", b.base))
+        .bearer_auth(AGENT_TOKEN)
+        .json(&json!({"name": "w", "stages": ["download"], "version": "t", "protocol_version": PROTOCOL_VERSION}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    for i in 0..3 {
+        let poll = {
+            let client = client.clone();
+            let base = b.base.clone();
+            tokio::spawn(async move {
+                let r = client
+                    .post(format!("{base}/v1/leases"))
+                    .bearer_auth(AGENT_TOKEN)
+                    .json(&json!({"agent_id": reg.agent_id, "stages": ["download"], "wait_ms": 15000}))
+                    .send()
+                    .await
+                    .expect("send");
+                let l: LeaseResponse = r.json().await.expect("json");
+                (l.tasks.len(), Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = Instant::now();
+        let r = client
+            .post(format!("{}/v1/videos", a.base))
+            .bearer_auth(USER_TOKEN)
+            .json(&json!({"urls": [format!("https://example.com/{i}.mp4")], "projects": ["p"]}))
+            .send()
+            .await
+            .expect("send");
+        assert!(r.status().is_success());
+        let (n, at) = poll.await.expect("join");
+        assert_eq!(n, 1);
+        let latency = at.duration_since(sent);
+        assert!(latency < Duration::from_secs(2), "replica B woke after {latency:?}");
+    }
+}

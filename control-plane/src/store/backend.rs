@@ -81,14 +81,15 @@ impl Backend {
         tx: &mut Transaction<'static, Any>,
         stages: &[Stage],
     ) -> sqlx::Result<()> {
-        if self == Backend::Postgres {
+        if self == Backend::Postgres && !stages.is_empty() {
+            // One round trip for all stages: SELECT pg_notify($1, $2), pg_notify($1, $3), …
+            let calls: Vec<String> = (0..stages.len()).map(|i| format!("pg_notify($1, ${})", i + 2)).collect();
+            let sql = format!("SELECT {}", calls.join(", "));
+            let mut q = sqlx::query(&sql).bind(NOTIFY_CHANNEL);
             for s in stages {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(s.as_str())
-                    .execute(&mut **tx)
-                    .await?;
+                q = q.bind(s.as_str());
             }
+            q.execute(&mut **tx).await?;
         }
         Ok(())
     }
