@@ -28,10 +28,27 @@ fn index(s: Stage) -> usize {
 }
 
 impl Wakeup {
+    /// Wakes every waiting lease request of these stages (user actions, requeues: rare, and
+    /// the new work may need a capability only some agents have).
     pub fn notify(&self, stages: &[Stage]) {
         for s in stages {
             self.stages[index(*s)].notify_waiters();
         }
+    }
+
+    /// Wakes one waiting lease request per stage (the completion path: a batch of successors
+    /// is best taken by one agent, not raced for by all). A leaser that fills its batch
+    /// passes the baton on with [`Wakeup::pass_baton`], so any amount of new work is taken
+    /// promptly without a thundering herd.
+    pub fn notify_one(&self, stages: &[Stage]) {
+        for s in stages {
+            self.stages[index(*s)].notify_one();
+        }
+    }
+
+    /// Called by a leaser that got a full batch: there may be more, wake the next waiter.
+    pub fn pass_baton(&self, stages: &[Stage]) {
+        self.notify_one(stages);
     }
 
     /// Runs `attempt` until it returns something non-empty, the deadline passes or shutdown
@@ -88,8 +105,18 @@ pub async fn listen_postgres(url: String, wakeup: Wakeup, shutdown: Cancellation
                             _ = shutdown.cancelled() => return,
                             n = listener.try_recv() => match n {
                                 Ok(Some(n)) => {
-                                    if let Some(s) = Stage::parse(n.payload()) {
-                                        wakeup.notify(&[s]);
+                                    // "stage" wakes every waiter, "stage:one" one of them.
+                                    match n.payload().split_once(':') {
+                                        Some((s, "one")) => {
+                                            if let Some(s) = Stage::parse(s) {
+                                                wakeup.notify_one(&[s]);
+                                            }
+                                        }
+                                        _ => {
+                                            if let Some(s) = Stage::parse(n.payload()) {
+                                                wakeup.notify(&[s]);
+                                            }
+                                        }
                                     }
                                 }
                                 Ok(None) => {

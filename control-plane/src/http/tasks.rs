@@ -59,6 +59,10 @@ async fn lease(State(s): State<AppState>, AppJson(req): AppJson<LeaseRequest>) -
         })
         .instrument(tracing::info_span!("lease", agent_id = req.agent_id))
         .await?;
+    if tasks.len() == req.max_tasks as usize {
+        // A full batch: more may be waiting; let the next long poll try.
+        s.store.wakeup().pass_baton(&stages);
+    }
     let outcome = if tasks.is_empty() { "empty" } else { "leased" };
     s.metrics.lease_wait.with_label_values(&[outcome]).observe(start.elapsed().as_secs_f64());
     for t in &tasks {

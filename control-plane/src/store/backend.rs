@@ -76,10 +76,13 @@ impl Backend {
         q.fetch_all(&mut **tx).await
     }
 
+    /// Tells other replicas' lease waiters about new work: payload `stage` wakes all of
+    /// them, `stage:one` one (the completion path).
     pub(crate) async fn notify_replicas(
         self,
         tx: &mut Transaction<'static, Any>,
         stages: &[Stage],
+        one: bool,
     ) -> sqlx::Result<()> {
         if self == Backend::Postgres && !stages.is_empty() {
             // One round trip for all stages: SELECT pg_notify($1, $2), pg_notify($1, $3), …
@@ -87,7 +90,7 @@ impl Backend {
             let sql = format!("SELECT {}", calls.join(", "));
             let mut q = sqlx::query(&sql).bind(NOTIFY_CHANNEL);
             for s in stages {
-                q = q.bind(s.as_str());
+                q = q.bind(if one { format!("{}:one", s.as_str()) } else { s.as_str().to_string() });
             }
             q.execute(&mut **tx).await?;
         }

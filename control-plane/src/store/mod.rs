@@ -243,16 +243,29 @@ impl Store {
         Ok(())
     }
 
-    /// Commits and then wakes long-polling lease requests for the stages that got new work.
-    /// Waking happens only after the commit so a woken leaser always sees the rows.
+    /// Commits and then wakes every long-polling lease request for the stages that got new
+    /// work. Waking happens only after the commit so a woken leaser always sees the rows.
     pub(crate) async fn commit_and_wake(&self, tx: Transaction<'static, Any>, woken: &[Stage]) -> Result<()> {
+        self.commit_waking(tx, woken, false).await
+    }
+
+    /// Like [`Store::commit_and_wake`] but wakes one waiter per stage (see `Wakeup::notify_one`).
+    pub(crate) async fn commit_and_wake_one(&self, tx: Transaction<'static, Any>, woken: &[Stage]) -> Result<()> {
+        self.commit_waking(tx, woken, true).await
+    }
+
+    async fn commit_waking(&self, tx: Transaction<'static, Any>, woken: &[Stage], one: bool) -> Result<()> {
         let mut tx = tx;
         let mut stages: Vec<Stage> = woken.to_vec();
         stages.sort();
         stages.dedup();
-        self.inner.backend.notify_replicas(&mut tx, &stages).await?;
+        self.inner.backend.notify_replicas(&mut tx, &stages, one).await?;
         tx.commit().await?;
-        self.inner.wakeup.notify(&stages);
+        if one {
+            self.inner.wakeup.notify_one(&stages);
+        } else {
+            self.inner.wakeup.notify(&stages);
+        }
         Ok(())
     }
 

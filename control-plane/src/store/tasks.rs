@@ -275,39 +275,65 @@ impl Store {
                 format!("agent {agent_id} did not register stage {s}; register it first"),
             ));
         }
-        // One query in queue order (index tasks_queue_order: priority DESC, id), filtered by
-        // stage; it locks (PostgreSQL) only the rows it returns.
-        let mut sql = format!(
-            "SELECT t.id, t.concurrency_key FROM tasks t WHERE t.state = 'queued' AND t.run_after <= $1 \
-             AND t.stage IN ({})",
-            placeholders(3, stages.len())
-        );
-        let caps_start = 3 + stages.len();
+        // Candidates, priority then age across the requested stages. Each query is an ordered
+        // scan of one stage's slice of the `tasks_queue` index (stage, priority DESC, id):
+        // one query over several stages would have to sort the whole queue. With several
+        // stages, an unlocked peek decides how many to take from each, so that PostgreSQL
+        // locks (SKIP LOCKED) only about as many rows as it hands out.
+        let mut filter = String::from("t.state = 'queued' AND t.stage = $2 AND t.run_after <= $1");
         if caps.is_empty() {
-            sql.push_str(" AND t.requires IS NULL");
+            filter.push_str(" AND t.requires IS NULL");
         } else {
-            sql.push_str(&format!(
-                " AND (t.requires IS NULL OR t.requires IN ({}))",
-                placeholders(caps_start, caps.len())
-            ));
+            filter.push_str(&format!(" AND (t.requires IS NULL OR t.requires IN ({}))", placeholders(4, caps.len())));
         }
-        sql.push_str(
+        filter.push_str(
             " AND (t.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks h \
-             WHERE h.concurrency_key = t.concurrency_key AND h.state = 'leased')) \
-             ORDER BY t.priority DESC, t.id LIMIT $2",
+             WHERE h.concurrency_key = t.concurrency_key AND h.state = 'leased'))",
         );
-        sql.push_str(self.backend().lock_candidates());
-        let mut q = sqlx::query(&sql).bind(now).bind(max_tasks as i64);
-        for s in stages {
-            q = q.bind(s.as_str());
+        let mut take: Vec<(Stage, i64)> = Vec::new();
+        if stages.len() == 1 || self.backend() == super::Backend::Sqlite {
+            // SQLite takes no row locks: read n from each stage and keep the best n below.
+            take.extend(stages.iter().map(|s| (*s, max_tasks as i64)));
+        } else {
+            let peek =
+                format!("SELECT t.priority, t.id FROM tasks t WHERE {filter} ORDER BY t.priority DESC, t.id LIMIT $3");
+            let mut heads: Vec<(i64, i64, Stage)> = Vec::new();
+            for stage in stages {
+                let mut q = sqlx::query(&peek).bind(now).bind(stage.as_str()).bind(max_tasks as i64);
+                for c in &caps {
+                    q = q.bind(c.as_str());
+                }
+                for r in q.fetch_all(&mut *tx).await? {
+                    heads.push((r.try_get("priority")?, r.try_get("id")?, *stage));
+                }
+            }
+            heads.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            heads.truncate(max_tasks);
+            for stage in stages {
+                let n = heads.iter().filter(|h| h.2 == *stage).count() as i64;
+                if n > 0 {
+                    take.push((*stage, n));
+                }
+            }
         }
-        for c in &caps {
-            q = q.bind(c.as_str());
+        let pick = format!(
+            "SELECT t.priority, t.id, t.concurrency_key FROM tasks t WHERE {filter} \
+             ORDER BY t.priority DESC, t.id LIMIT $3{}",
+            self.backend().lock_candidates()
+        );
+        let mut picked: Vec<(i64, i64, Option<String>)> = Vec::new();
+        for (stage, n) in &take {
+            let mut q = sqlx::query(&pick).bind(now).bind(stage.as_str()).bind(*n);
+            for c in &caps {
+                q = q.bind(c.as_str());
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                picked.push((r.try_get("priority")?, r.try_get("id")?, r.try_get("concurrency_key")?));
+            }
         }
-        let mut candidates: Vec<(i64, Option<String>)> = Vec::new();
-        for r in q.fetch_all(&mut *tx).await? {
-            candidates.push((r.try_get("id")?, r.try_get("concurrency_key")?));
-        }
+        picked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        picked.truncate(max_tasks);
+        let candidates: Vec<(i64, Option<String>)> = picked.into_iter().map(|(_, id, k)| (id, k)).collect();
         // Concurrency keys: claim them all without waiting; skip the unavailable ones.
         let mut keys: Vec<&str> = candidates.iter().filter_map(|(_, k)| k.as_deref()).collect();
         keys.sort_unstable();
@@ -679,7 +705,7 @@ impl Store {
             }
         }
         let woken = pipeline::apply_results(self, &mut tx, &applied, now).await?;
-        self.commit_and_wake(tx, &woken).await?;
+        self.commit_and_wake_one(tx, &woken).await?;
         for (stage, ms) in durations {
             self.metrics().completions.with_label_values(&[stage.as_str()]).inc();
             self.metrics().task_duration.with_label_values(&[stage.as_str()]).observe(ms as f64 / 1000.0);
