@@ -92,14 +92,18 @@ async fn release_gives_the_attempt_back(db: Db) {
 async fn retryable_failures_back_off_then_die(db: Db) {
     let app = spawn_app_with(db, |c| {
         c.max_attempts = 3;
-        c.retry_base_ms = 300;
+        // Long enough that "not leasable before its backoff" holds on a loaded CI machine.
+        c.retry_base_ms = 1_500;
+        c.retry_max_ms = 10_000;
     })
     .await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await;
     let agent = app.register("w1", &Stage::ALL, &[]).await;
     for attempt in 1..=3u32 {
-        let t = app.lease_one(agent, Stage::Download).await;
+        let mut got = app.lease(agent, &[Stage::Download], 1, 8_000).await;
+        assert_eq!(got.len(), 1, "attempt {attempt} was not handed out after its backoff");
+        let t = got.remove(0);
         assert_eq!(t.attempt, attempt);
         let f: FailResponse =
             expect_json(app.fail(t.task_id, t.lease_token, "connection reset", true).await, StatusCode::OK).await;
@@ -108,7 +112,7 @@ async fn retryable_failures_back_off_then_die(db: Db) {
             let d = app.video(v[0].id).await;
             assert_eq!(d.video.state, VideoState::Pending, "back to waiting");
             let wait = f.run_after_ms.expect("run_after") - d.tasks[0].updated_at_ms;
-            let base = 300 * (1 << (attempt - 1));
+            let base = 1_500 * (1 << (attempt - 1));
             assert!(wait >= base / 2 && wait <= base, "backoff {wait} ms for attempt {attempt}");
             // Not leasable before its backoff.
             assert!(app.lease(agent, &[Stage::Download], 1, 0).await.is_empty());
