@@ -66,7 +66,7 @@ async fn lease(State(s): State<AppState>, AppJson(req): AppJson<LeaseRequest>) -
     let outcome = if tasks.is_empty() { "empty" } else { "leased" };
     s.metrics.lease_wait.with_label_values(&[outcome]).observe(start.elapsed().as_secs_f64());
     for t in &tasks {
-        tracing::info!(task_id = t.task_id, stage = %t.stage, token = t.lease_token, agent_id = req.agent_id, "leased");
+        tracing::debug!(task_id = t.task_id, stage = %t.stage, token = t.lease_token, agent_id = req.agent_id, "leased");
     }
     Ok(AppJson(LeaseResponse { tasks }))
 }
