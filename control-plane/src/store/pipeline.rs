@@ -512,6 +512,36 @@ pub(crate) async fn fail_subject(tx: &mut Tx, t: &TaskSubject, error: &str, now:
     Ok(())
 }
 
+/// What a cancellation covers: everything of a project, or everything of a video.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CancelScope {
+    Project(i64),
+    Video(i64),
+}
+
+/// Cancels the queued and leased tasks in scope (leased ones learn it from their next
+/// heartbeat) and makes its unfinished project-videos CANCELLED.
+pub(crate) async fn cancel_open_work(tx: &mut Tx, scope: CancelScope, now: i64) -> Result<()> {
+    let (column, id) = match scope {
+        CancelScope::Project(id) => ("project_id", id),
+        CancelScope::Video(id) => ("video_id", id),
+    };
+    // `column` is one of the two literals above, never input.
+    for sql in [
+        format!(
+            "UPDATE tasks SET state = 'cancelled', finished_at = $1, updated_at = $1 \
+             WHERE {column} = $2 AND state IN ('queued', 'leased')"
+        ),
+        format!(
+            "UPDATE project_videos SET state = 'CANCELLED', updated_at = $1 WHERE {column} = $2 \
+             AND state NOT IN ('COMPLETE', 'FILTERED_EMPTY', 'FAILED', 'CANCELLED')"
+        ),
+    ] {
+        sqlx::query(&sql).bind(now).bind(id).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Videos that waited on `video_id`'s content while it was cancelled get their own extract
 /// (their own download is on disk), so they never wait forever.
 pub(crate) async fn unlink_waiting_duplicates(store: &Store, tx: &mut Tx, video_id: i64, now: i64) -> Result<bool> {

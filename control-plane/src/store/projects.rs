@@ -7,6 +7,7 @@ use sqlx::Row;
 use tracing::instrument;
 
 use super::backend::is_unique_violation;
+use super::pipeline;
 use super::{Result, Store, StoreError};
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`: safe as a path component and in URLs.
@@ -109,22 +110,7 @@ impl Store {
         let row = sqlx::query(&sql).bind(now).bind(name).fetch_optional(&mut *tx).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
         let id: i64 = row.try_get("id")?;
-        sqlx::query(
-            "UPDATE tasks SET state = 'cancelled', finished_at = $1, updated_at = $1 \
-             WHERE project_id = $2 AND state IN ('queued', 'leased')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE project_videos SET state = 'CANCELLED', updated_at = $1 WHERE project_id = $2 \
-             AND state NOT IN ('COMPLETE', 'FILTERED_EMPTY', 'FAILED', 'CANCELLED')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        pipeline::cancel_open_work(&mut tx, pipeline::CancelScope::Project(id), now).await?;
         tx.commit().await?;
         project(&row)
     }

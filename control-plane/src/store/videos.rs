@@ -286,25 +286,10 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("video {id} not found")));
         }
-        sqlx::query(
-            "UPDATE tasks SET state = 'cancelled', finished_at = $1, updated_at = $1 \
-             WHERE video_id = $2 AND state IN ('queued', 'leased')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        pipeline::cancel_open_work(&mut tx, pipeline::CancelScope::Video(id), now).await?;
         sqlx::query(
             "UPDATE videos SET state = 'CANCELLED', updated_at = $1 WHERE id = $2 \
              AND state NOT IN ('EXTRACTED', 'FAILED', 'CANCELLED')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE project_videos SET state = 'CANCELLED', updated_at = $1 WHERE video_id = $2 \
-             AND state NOT IN ('COMPLETE', 'FILTERED_EMPTY', 'FAILED', 'CANCELLED')",
         )
         .bind(now)
         .bind(id)
