@@ -32,11 +32,22 @@ impl Backend {
         }
     }
 
-    /// Epoch milliseconds from the database clock.
-    pub(crate) fn now_sql(self) -> &'static str {
+    /// Epoch milliseconds from the database clock. The embedded SQLite database lives in
+    /// this process, so its clock is this process's clock: no round trip to ask it.
+    pub(crate) async fn now<'c, E>(self, executor: E) -> sqlx::Result<i64>
+    where
+        E: sqlx::Executor<'c, Database = Any>,
+    {
         match self {
-            Backend::Sqlite => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-            Backend::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Backend::Sqlite => Ok(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)),
+            Backend::Postgres => {
+                sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+                    .fetch_one(executor)
+                    .await
+            }
         }
     }
 

@@ -226,22 +226,13 @@ impl Store {
     }
 
     /// The database clock in epoch milliseconds. Leases, backoff and expiry all use it, so
-    /// agents' and replicas' clocks never matter. The embedded SQLite database lives in this
-    /// process, so its clock is this process's clock: no round trip to ask it.
+    /// agents' and replicas' clocks never matter.
     pub(crate) async fn now(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
-        if self.inner.backend == Backend::Sqlite {
-            return Ok(process_clock_ms());
-        }
-        let now: i64 = sqlx::query_scalar(self.inner.backend.now_sql()).fetch_one(&mut **tx).await?;
-        Ok(now)
+        Ok(self.inner.backend.now(&mut **tx).await?)
     }
 
     pub(crate) async fn now_read(&self) -> Result<i64> {
-        if self.inner.backend == Backend::Sqlite {
-            return Ok(process_clock_ms());
-        }
-        let now: i64 = sqlx::query_scalar(self.inner.backend.now_sql()).fetch_one(&self.inner.reader).await?;
-        Ok(now)
+        Ok(self.inner.backend.now(&self.inner.reader).await?)
     }
 
     /// Readiness: can we run a query?
@@ -280,10 +271,6 @@ impl Store {
         self.inner.writer.close().await;
         self.inner.reader.close().await;
     }
-}
-
-fn process_clock_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The embedded database belongs to one control-plane process (its lease path relies on a

@@ -83,27 +83,6 @@ pub(crate) struct NewTask {
     pub requires: Option<String>,
 }
 
-pub(crate) async fn enqueue(store: &Store, tx: &mut Tx, t: NewTask, now: i64) -> Result<i64> {
-    let s = store.settings();
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO tasks (stage, video_id, project_id, state, max_attempts, priority, run_after, \
-         concurrency_key, requires, time_limit_ms, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $6, $6) RETURNING id",
-    )
-    .bind(t.stage.as_str())
-    .bind(t.video_id)
-    .bind(t.project_id)
-    .bind(s.max_attempts)
-    .bind(t.priority)
-    .bind(now)
-    .bind(concurrency_key(t.stage, t.project_id))
-    .bind(t.requires)
-    .bind(s.time_limit_ms.get(t.stage))
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(id)
-}
-
 /// Enqueues filter for every PENDING project-video of these (extracted) videos that has no
 /// live filter task, in projects that are not cancelled. Returns how many were enqueued.
 pub(crate) async fn enqueue_filters(store: &Store, tx: &mut Tx, video_ids: &[i64], now: i64) -> Result<usize> {
@@ -553,16 +532,16 @@ pub(crate) async fn unlink_waiting_duplicates(store: &Store, tx: &mut Tx, video_
     .bind(video_id)
     .fetch_all(&mut **tx)
     .await?;
+    let mut extracts = Vec::with_capacity(rows.len());
     for r in &rows {
-        let id: i64 = r.try_get("id")?;
-        let priority: i64 = r.try_get("priority")?;
-        enqueue(
-            store,
-            tx,
-            NewTask { stage: Stage::Extract, video_id: id, project_id: None, priority, requires: None },
-            now,
-        )
-        .await?;
+        extracts.push(NewTask {
+            stage: Stage::Extract,
+            video_id: r.try_get("id")?,
+            project_id: None,
+            priority: r.try_get("priority")?,
+            requires: None,
+        });
     }
+    enqueue_many(store, tx, &extracts, now).await?;
     Ok(!rows.is_empty())
 }

@@ -86,19 +86,14 @@ impl Store {
             .await?;
             let (video_id, state, failed_stage, error, new) = match inserted {
                 Some(id) => {
-                    pipeline::enqueue(
-                        self,
-                        &mut tx,
-                        NewTask {
-                            stage: Stage::Download,
-                            video_id: id,
-                            project_id: None,
-                            priority,
-                            requires: src.kind.requires().map(str::to_string),
-                        },
-                        now,
-                    )
-                    .await?;
+                    let download = NewTask {
+                        stage: Stage::Download,
+                        video_id: id,
+                        project_id: None,
+                        priority,
+                        requires: src.kind.requires().map(str::to_string),
+                    };
+                    pipeline::enqueue_many(self, &mut tx, &[download], now).await?;
                     woken.push(Stage::Download);
                     (id, "PENDING".to_string(), None, None, true)
                 }
@@ -248,13 +243,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let requires = urls::kind_of_key(&r.0, &self.settings().platform_hosts).requires().map(str::to_string);
-            pipeline::enqueue(
-                self,
-                &mut tx,
-                NewTask { stage: Stage::Download, video_id: id, project_id: None, priority: r.1, requires },
-                now,
-            )
-            .await?;
+            let download = NewTask { stage: Stage::Download, video_id: id, project_id: None, priority: r.1, requires };
+            pipeline::enqueue_many(self, &mut tx, &[download], now).await?;
             woken.push(Stage::Download);
             changed = true;
         }
