@@ -37,22 +37,19 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
-            StoreError::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
-            StoreError::Invalid { code, message } => ApiError::unprocessable(code, message),
-            other => {
-                let mut chain = other.to_string();
-                let mut src = std::error::Error::source(&other);
-                while let Some(s) = src {
-                    chain.push_str(": ");
-                    chain.push_str(&s.to_string());
-                    src = s.source();
-                }
-                tracing::error!(error = %chain, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
-            }
+        if let Some((status, code)) = e.client_status() {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            return ApiError::new(status, code, e.to_string());
         }
+        let mut chain = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
 }
 

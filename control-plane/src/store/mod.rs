@@ -61,6 +61,17 @@ impl StoreError {
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         StoreError::Invalid { code, message: message.into() }
     }
+
+    /// The HTTP status and stable code of a refusal the client can act on; `None` for
+    /// internal failures. The one place that maps store errors to statuses.
+    pub fn client_status(&self) -> Option<(u16, &'static str)> {
+        match self {
+            StoreError::NotFound(_) => Some((404, "not_found")),
+            StoreError::Conflict { code, .. } => Some((409, code)),
+            StoreError::Invalid { code, .. } => Some((422, code)),
+            _ => None,
+        }
+    }
 }
 
 /// Per-stage values (time limits).

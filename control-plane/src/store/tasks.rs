@@ -715,12 +715,7 @@ impl Store {
             outcomes.push(match v {
                 Ok(duplicate) => BatchCompleteOutcome { task_id: item.task_id, status: 200, duplicate, error: None },
                 Err(e) => {
-                    let (status, code) = match &e {
-                        StoreError::NotFound(_) => (404, "not_found"),
-                        StoreError::Conflict { code, .. } => (409, *code),
-                        StoreError::Invalid { code, .. } => (422, *code),
-                        _ => return Err(e),
-                    };
+                    let Some((status, code)) = e.client_status() else { return Err(e) };
                     BatchCompleteOutcome {
                         task_id: item.task_id,
                         status,
