@@ -1,0 +1,126 @@
+//! The `agent` command line: parse and validate the configuration, set up JSON logs, serve
+//! the health and metrics port, register, work until SIGTERM/SIGINT, then shut down within
+//! the grace period and exit 0. This is the binary edge, so errors are `anyhow`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+
+use crate::client::ControlPlane;
+use crate::config::{Config, LogFormat};
+use crate::health::{self, Health};
+use crate::metrics::Metrics;
+use crate::stages::download::guard::Guard;
+use crate::stages::StageContext;
+use crate::worker::Worker;
+
+pub async fn run() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_logging(config.log_format);
+    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    tracing::info!(config = ?config, "starting agent");
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received: no new leases; running tasks get the grace period");
+        s.cancel();
+    });
+    run_until(config, shutdown).await
+}
+
+/// Runs the agent until `shutdown` fires, then drains and returns.
+pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_root)
+        .with_context(|| format!("create data root {}", config.data_root.display()))?;
+    let config = Arc::new(config);
+    let metrics = Metrics::new().context("metrics")?;
+    // A loop that has not turned for three long polls is hung.
+    let stall = Duration::from_millis(config.lease_wait_ms * 3).max(Duration::from_secs(60));
+    let health = Health::new(stall);
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the health/metrics port {}", config.metrics_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "health and metrics port");
+    let http_stop = CancellationToken::new();
+    let server = tokio::spawn(health::serve(listener, health::router(health.clone(), metrics.clone()), http_stop.clone()));
+
+    let client = ControlPlane::new(
+        &config.control_plane,
+        config.agent_token.as_ref().map(|t| t.0.clone()),
+        Duration::from_secs(30),
+    )?;
+    let capabilities = crate::capabilities::probe(&config).await;
+    let ctx = StageContext { config: config.clone(), guard: Guard::system(&config.allow_hosts), metrics };
+    let worker = Worker::new(ctx, client, health, capabilities);
+
+    let registered = worker.register(&shutdown).await.context("registration refused by the control plane")?;
+    let tracker = TaskTracker::new();
+    let hard_stop = CancellationToken::new();
+    if registered {
+        let loops: Vec<_> = config
+            .stages
+            .iter()
+            .map(|s| tokio::spawn(worker.clone().lease_loop(*s, shutdown.clone(), hard_stop.clone(), tracker.clone())))
+            .collect();
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+    // Leasing has stopped; running tasks get the grace period, then are stopped and released.
+    tracker.close();
+    let grace = config.shutdown_grace();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), running = tracker.len(), "grace period over: stopping and releasing running tasks");
+        hard_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
+            tracing::error!("some tasks did not stop in time; their leases expire on their own");
+        }
+    }
+    http_stop.cancel();
+    let _ = server.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_env_filter(filter)
+            .try_init(),
+        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

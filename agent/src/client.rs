@@ -1,0 +1,154 @@
+//! The control plane's agent API over HTTP: register, lease (long poll), heartbeat,
+//! complete, fail, release. Errors say whether the control plane could not be reached
+//! (retry with backoff), refused the lease token (the task is no longer ours), or refused
+//! the request for another reason (a bug or a version mismatch; retrying will not help).
+
+use std::time::Duration;
+
+use dataminer_wire::{
+    CompleteRequest, CompleteResponse, ErrorBody, FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse,
+    LeaseRequest, LeaseResponse, RegisterAgentRequest, RegisterAgentResponse, ReleaseRequest, StageResult,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connection refused, reset, timed out, or a 5xx: the control plane may be back soon.
+    #[error("control plane unreachable: {0}")]
+    Unreachable(String),
+    /// 409 `lease_lost`: the lease token is stale; the task belongs to someone else now.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    /// Any other refusal (4xx), with the control plane's code and message.
+    #[error("control plane refused the request ({status} {code}): {message}")]
+    Refused { status: u16, code: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl ControlPlane {
+    /// `request_timeout` bounds every call except the lease long-poll, which gets its wait on top.
+    pub fn new(base: &str, token: Option<String>, request_timeout: Duration) -> Result<Self, ClientError> {
+        // No proxy from the environment: the control plane is cluster-internal, and an
+        // HTTP_PROXY meant for something else must not see the agent token.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(request_timeout)
+            .build()
+            .map_err(|e| ClientError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_string(), token })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        extra_timeout: Option<Duration>,
+    ) -> Result<Option<R>, ClientError> {
+        let mut req = self.http.request(Method::POST, format!("{}{path}", self.base)).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(extra) = extra_timeout {
+            req = req.timeout(extra + Duration::from_secs(10));
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable(describe(&e)))?;
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return resp.json::<R>().await.map(Some).map_err(|e| ClientError::Unreachable(describe(&e)));
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(ClientError::Unreachable(format!("{path}: HTTP {status}")));
+        }
+        let (code, message) = match resp.json::<ErrorBody>().await {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => ("unknown".to_string(), format!("HTTP {status}")),
+        };
+        if status == StatusCode::CONFLICT && code == "lease_lost" {
+            return Err(ClientError::LeaseLost(message));
+        }
+        Err(ClientError::Refused { status: status.as_u16(), code, message })
+    }
+
+    async fn call_json<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        extra: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        self.call(path, body, extra)
+            .await?
+            .ok_or_else(|| ClientError::Unreachable(format!("{path}: empty response where a body was expected")))
+    }
+
+    pub async fn register(&self, req: &RegisterAgentRequest) -> Result<RegisterAgentResponse, ClientError> {
+        self.call_json("/v1/agents/register", req, None).await
+    }
+
+    pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseResponse, ClientError> {
+        self.call_json("/v1/leases", req, Some(Duration::from_millis(req.wait_ms))).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        task_id: i64,
+        lease_token: i64,
+        progress: Option<serde_json::Value>,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        let body = HeartbeatRequest { lease_token, progress };
+        self.call_json(&format!("/v1/tasks/{task_id}/heartbeat"), &body, None).await
+    }
+
+    pub async fn complete(
+        &self,
+        task_id: i64,
+        lease_token: i64,
+        result: StageResult,
+    ) -> Result<CompleteResponse, ClientError> {
+        let body = CompleteRequest { lease_token, result };
+        self.call_json(&format!("/v1/tasks/{task_id}/complete"), &body, None).await
+    }
+
+    pub async fn fail(
+        &self,
+        task_id: i64,
+        lease_token: i64,
+        error: String,
+        retryable: bool,
+    ) -> Result<FailResponse, ClientError> {
+        let body = FailRequest { lease_token, error, retryable };
+        self.call_json(&format!("/v1/tasks/{task_id}/fail"), &body, None).await
+    }
+
+    pub async fn release(&self, task_id: i64, lease_token: i64) -> Result<(), ClientError> {
+        let body = ReleaseRequest { lease_token };
+        self.call::<_, serde_json::Value>(&format!("/v1/tasks/{task_id}/release"), &body, None).await.map(|_| ())
+    }
+}
+
+/// reqwest's Display hides the cause (e.g. "connection refused"); include the chain.
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,243 @@
+//! The extract stage: one ffmpeg run (through ffmpeg-sidecar, with the system ffmpeg) turns
+//! the downloaded video into `frame_000001.jpg …` plus `manifest.json` in the attempt's
+//! directory under `frames_raw/<video_id>/`. ffmpeg reads local files only, never waits on
+//! a terminal, and is killed when the task is stopped. A video that yields no frame, makes
+//! ffmpeg log errors, or decodes to more than a second short of its container's duration
+//! fails fatally with ffmpeg's own words: retrying a corrupt file only burns attempts.
+
+pub mod manifest;
+pub mod plan;
+pub mod showinfo;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use dataminer_wire::{LeasedTask, StageResult};
+use ffmpeg_sidecar::child::FfmpegChild;
+use ffmpeg_sidecar::command::FfmpegCommand;
+use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
+use ffmpeg_sidecar::log_parser::FfmpegLogParser;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::TaskError;
+use crate::stages::download::http::write_atomic;
+use crate::stages::{data_path, ensure_free_space, probe, relative_to_root, Progress, StageContext};
+use manifest::{frame_file_name, FrameEntry, Manifest, SourceFacts};
+use showinfo::Taps;
+
+/// Decoding may end this much short of the container's duration before the file counts
+/// as truncated.
+const TRUNCATION_SLACK_S: f64 = 1.0;
+const MAX_ERROR_LINES: usize = 12;
+
+pub async fn run(
+    ctx: &StageContext,
+    task: &LeasedTask,
+    attempt_dir: &Path,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<StageResult, TaskError> {
+    let cfg = &ctx.config;
+    let video_rel = task.input.video_path.as_deref().ok_or_else(|| TaskError::fatal("extract task without a video_path"))?;
+    let video = data_path(&cfg.data_root, video_rel)?;
+    if !video.is_file() {
+        // The shared root may be briefly unavailable; the attempt limit bounds the retries.
+        return Err(TaskError::retryable(format!("input video {video_rel} is not on the data root")));
+    }
+    let settings = task.input.extract.clone().unwrap_or_default();
+    let info = probe::probe(&cfg.ffprobe, &video).await?;
+    let start = info.start_time_s.unwrap_or(0.0);
+    // Rough upper bound of the JPEG bytes: 0.5 byte per pixel per frame.
+    let pixels = (info.width.unwrap_or(1920) * info.height.unwrap_or(1080)).max(1) as u64;
+    let expected_frames = match (info.duration_s, info.fps) {
+        (Some(d), Some(f)) => ((d * f) as u64 + 1).min(settings.max_frames_per_video as u64),
+        _ => settings.max_frames_per_video as u64,
+    };
+    ensure_free_space(cfg, attempt_dir, expected_frames.min(1000) * pixels / 2)?;
+    let plan = plan::plan(&settings, start);
+
+    let mut cmd = FfmpegCommand::new_with_path(&cfg.ffmpeg);
+    cmd.hide_banner()
+        .args(["-nostdin", "-nostats", "-y", "-protocol_whitelist", "file", "-copyts"])
+        .input(video.as_os_str())
+        .filter_complex(&plan.filter_complex);
+    let pattern = attempt_dir.join("frame_%06d.jpg");
+    for o in &plan.outputs {
+        cmd.args(["-map", &format!("[{}]", o.label), "-fps_mode", "passthrough", "-c:v", "mjpeg"])
+            .args(["-q:v", &plan.qscale.to_string(), "-frames:v", &o.max_frames.to_string()])
+            .args(["-start_number", &o.start_number.to_string(), "-f", "image2"])
+            .output(pattern.as_os_str());
+    }
+    cmd.as_inner_mut().stdin(Stdio::null()).stdout(Stdio::null());
+    let mut child = ChildGuard(Some(cmd.spawn().map_err(|e| {
+        TaskError::fatal(format!("cannot run {}: {e}", cfg.ffmpeg.display()))
+    })?));
+    let stderr = child
+        .get()
+        .and_then(FfmpegChild::take_stderr)
+        .ok_or_else(|| TaskError::retryable("ffmpeg stderr missing"))?;
+
+    // ffmpeg-sidecar parses the log lines on a thread; the lines come here as they appear.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogLevel, String)>();
+    std::thread::spawn(move || {
+        let mut parser = FfmpegLogParser::new(std::io::BufReader::new(stderr));
+        loop {
+            match parser.parse_next_event() {
+                Ok(FfmpegEvent::LogEOF) => break,
+                Ok(FfmpegEvent::Log(level, line)) => {
+                    if tx.send((level, line)).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {} // a line the parser did not expect; not one of ours
+            }
+        }
+    });
+
+    let mut taps = Taps::default();
+    let mut errors: Vec<String> = Vec::new();
+    let out_taps: Vec<(&str, usize)> = plan.outputs.iter().map(|o| (o.tap.as_str(), o.max_frames as usize)).collect();
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => {
+                child.kill();
+                return Err(TaskError::Stopped("cancelled".into()));
+            }
+            ev = rx.recv() => ev,
+        };
+        let Some((level, line)) = ev else { break };
+        match level {
+            LogLevel::Error | LogLevel::Fatal => {
+                if errors.len() < MAX_ERROR_LINES {
+                    errors.push(line);
+                }
+            }
+            _ => {
+                if taps.feed(&line) == Some(plan::SRC_TAP) {
+                    let written: usize = out_taps.iter().map(|(t, m)| taps.count(t).min(*m)).sum();
+                    progress.frames.store(written as u64, Ordering::Relaxed);
+                    if let (Some(last), Some(d)) = (taps.last(plan::SRC_TAP), info.duration_s) {
+                        if let Some(s) = taps.seconds(plan::SRC_TAP, last.pts) {
+                            let pm = (((s - start) / d) * 1000.0).clamp(0.0, 1000.0);
+                            progress.permille.store(pm as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut c = child.take().ok_or_else(|| TaskError::retryable("ffmpeg child missing"))?;
+    let status = tokio::task::spawn_blocking(move || c.wait())
+        .await
+        .map_err(|e| TaskError::retryable(format!("waiting for ffmpeg: {e}")))?
+        .map_err(|e| TaskError::retryable(format!("waiting for ffmpeg: {e}")))?;
+    if cancel.is_cancelled() {
+        return Err(TaskError::Stopped("cancelled".into()));
+    }
+    if !errors.is_empty() {
+        return Err(TaskError::fatal(format!("ffmpeg reported errors decoding {video_rel}: {}", errors.join(" | "))));
+    }
+    if !status.success() {
+        return Err(TaskError::fatal(format!("ffmpeg failed on {video_rel} ({status})")));
+    }
+
+    let kept = showinfo::kept_frames(&taps, &out_taps).map_err(TaskError::fatal)?;
+    let decoded = taps.count(plan::SRC_TAP) as u64;
+    if kept.is_empty() {
+        return Err(TaskError::fatal(format!("no frame extracted from {video_rel} ({decoded} frames decoded)")));
+    }
+    let capped = kept.len() >= settings.max_frames_per_video as usize;
+    if !capped {
+        check_complete(&taps, &info, start).map_err(|m| TaskError::fatal(format!("{video_rel}: {m}")))?;
+    }
+
+    let frames_dir = relative_to_root(&cfg.data_root, attempt_dir)?;
+    let mut frames = Vec::with_capacity(kept.len());
+    for (i, k) in kept.iter().enumerate() {
+        let index = i as u32 + 1;
+        let name = frame_file_name(index);
+        if !attempt_dir.join(&name).is_file() {
+            return Err(TaskError::retryable(format!("ffmpeg did not write {name}")));
+        }
+        let pts_s = taps
+            .seconds(plan::SRC_TAP, k.pts)
+            .ok_or_else(|| TaskError::fatal("ffmpeg did not report the stream's time base"))?;
+        frames.push(FrameEntry { index, source_frame: k.source_frame, pts_s, path: format!("{frames_dir}/{name}") });
+    }
+    if attempt_dir.join(frame_file_name(frames.len() as u32 + 1)).exists() {
+        return Err(TaskError::retryable("ffmpeg wrote more frames than it reported"));
+    }
+    let m = Manifest {
+        version: manifest::VERSION,
+        video_id: task.input.video_id,
+        video_path: video_rel.to_string(),
+        settings,
+        source: SourceFacts {
+            duration_s: info.duration_s,
+            fps: info.fps,
+            start_time_s: start,
+            width: info.width,
+            height: info.height,
+            frames_decoded: decoded,
+            capped,
+        },
+        frames,
+    };
+    let manifest_file = attempt_dir.join(manifest::FILE_NAME);
+    let body = serde_json::to_vec_pretty(&m).map_err(|e| TaskError::fatal(format!("manifest: {e}")))?;
+    write_atomic(&manifest_file, &body).map_err(|e| TaskError::io("write manifest", e))?;
+    ctx.metrics.frames_extracted.inc_by(m.frames.len() as u64);
+    Ok(StageResult::Extract {
+        frames_dir,
+        manifest_path: relative_to_root(&cfg.data_root, &manifest_file)?,
+        frame_count: m.frames.len() as i64,
+    })
+}
+
+/// Fails when decoding stopped more than a second short of the duration the file declares
+/// (a truncated file whose index survived).
+fn check_complete(taps: &Taps, info: &probe::VideoInfo, start: f64) -> Result<(), String> {
+    let Some(declared) = info.stream_duration_s.or(info.duration_s) else { return Ok(()) };
+    let last = taps
+        .last(plan::SRC_TAP)
+        .and_then(|l| taps.seconds(plan::SRC_TAP, l.pts))
+        .ok_or("no frame decoded")?;
+    let frame = info.fps.map(|f| 1.0 / f).unwrap_or(0.0);
+    let decoded = last - start + frame;
+    if declared - decoded > TRUNCATION_SLACK_S {
+        return Err(format!(
+            "decoding ended at {decoded:.3} s of a declared {declared:.3} s; the file is truncated or corrupt"
+        ));
+    }
+    Ok(())
+}
+
+/// Kills ffmpeg if the stage is dropped or stopped while it runs.
+struct ChildGuard(Option<FfmpegChild>);
+
+impl ChildGuard {
+    fn get(&mut self) -> Option<&mut FfmpegChild> {
+        self.0.as_mut()
+    }
+    fn take(&mut self) -> Option<FfmpegChild> {
+        self.0.take()
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            // Reap on a thread so a stopped task never blocks the runtime.
+            std::thread::spawn(move || {
+                let _ = c.wait();
+            });
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
