@@ -240,8 +240,15 @@ impl Worker {
         ));
 
         let time_limit = Duration::from_millis(task.time_limit_ms.max(1));
+        // The stage runs as its own task so that a panic in it becomes a failure report
+        // instead of a lease held until it expires; aborting it drops (and kills) its children.
+        let work = {
+            let (ctx, t, p, c) = (self.ctx.clone(), task.clone(), progress.clone(), cancel.clone());
+            tokio::spawn(async move { stages::run(&ctx, &t, p, c).await })
+        };
+        let abort = work.abort_handle();
         let outcome = tokio::select! {
-            r = stages::run(&self.ctx, &task, progress.clone(), cancel.clone()) => r,
+            r = work => r.unwrap_or_else(|e| Err(TaskError::retryable(format!("internal error in the {stage} stage: {e}")))),
             _ = hard_stop.cancelled() => {
                 set_reason(&reason, StopReason::Shutdown);
                 Err(TaskError::Stopped("agent shutting down".into()))
@@ -251,6 +258,7 @@ impl Worker {
             }
         };
         cancel.cancel(); // stops anything the stage left running
+        abort.abort();
 
         let attempt_dir = stages::data_path(&self.config().data_root, &task.attempt_dir).ok();
         let label = match outcome {

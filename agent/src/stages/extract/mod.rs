@@ -10,7 +10,6 @@ pub mod plan;
 pub mod showinfo;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -70,10 +69,15 @@ pub async fn run(
             .args(["-start_number", &o.start_number.to_string(), "-f", "image2"])
             .output(pattern.as_os_str());
     }
-    cmd.as_inner_mut().stdin(Stdio::null()).stdout(Stdio::null());
     let mut child = ChildGuard(Some(cmd.spawn().map_err(|e| {
         TaskError::fatal(format!("cannot run {}: {e}", cfg.ffmpeg.display()))
     })?));
+    // ffmpeg-sidecar pipes stdin and stdout; close both at once so ffmpeg (also told
+    // -nostdin) can never block on a terminal or on a full pipe.
+    if let Some(c) = child.get() {
+        drop(c.take_stdin());
+        drop(c.take_stdout());
+    }
     let stderr = child
         .get()
         .and_then(FfmpegChild::take_stderr)
