@@ -4,6 +4,9 @@
 //! `DATAMINER_TEST_PG_URL` (an admin URL) or, when unset, from the private server that
 //! `scripts/test-postgres.sh` starts.
 
+pub mod media;
+pub mod server;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

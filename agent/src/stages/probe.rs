@@ -12,7 +12,7 @@ use crate::error::TaskError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoInfo {
-    /// Container duration (the video stream's when the container has none), seconds.
+    /// The video stream's duration, or the container's when the stream has none, seconds.
     pub duration_s: Option<f64>,
     /// The video stream's duration when it has one, seconds.
     pub stream_duration_s: Option<f64>,
@@ -86,7 +86,8 @@ fn parse(json: &[u8]) -> Result<VideoInfo, String> {
     let format_duration = f.as_ref().and_then(|f| num(&f.duration)).filter(|d| *d > 0.0);
     let fps = rate(s.avg_frame_rate.as_deref()).or_else(|| rate(s.r_frame_rate.as_deref()));
     Ok(VideoInfo {
-        duration_s: format_duration.or(stream_duration_s),
+        // The stream's own duration first: a container's can include a start offset.
+        duration_s: stream_duration_s.or(format_duration),
         stream_duration_s,
         fps,
         width: s.width,
@@ -115,7 +116,7 @@ mod tests {
             "format":{"duration":"4.100000","start_time":"1.400000"}}"#;
         let v = parse(j).expect("parse");
         assert_eq!(v.codec.as_deref(), Some("h264"));
-        assert_eq!(v.duration_s, Some(4.1));
+        assert_eq!(v.duration_s, Some(4.004));
         assert_eq!(v.stream_duration_s, Some(4.004));
         assert!((v.fps.unwrap_or(0.0) - 29.97).abs() < 0.01);
         assert_eq!(v.start_time_s, Some(1.5));

@@ -55,7 +55,7 @@ pub async fn fetch(
         .args(["--progress-template", &format!("download:{PROGRESS_PREFIX}%(progress.downloaded_bytes)s %(progress.total_bytes,progress.total_bytes_estimate)s")])
         .args(["--socket-timeout", &cfg.read_timeout_s.to_string()])
         .args(["--max-filesize", &cfg.max_download_bytes.to_string()])
-        .args(["--match-filter", &format!("!is_live & (duration <=? {})", cfg.max_video_duration_s)])
+        .args(["--match-filter", &format!("!is_live & duration <=? {}", cfg.max_video_duration_s)])
         .args(["--format", &cfg.ytdlp_format])
         .arg("--ffmpeg-location")
         .arg(&cfg.ffmpeg)

@@ -1,0 +1,105 @@
+//! Videos through download and extract with every strategy, checked against literal frame
+//! numbers and timestamps; failures (corrupt, truncated, not a video, live, redirects, SSRF)
+//! end FAILED with the cause and touch nothing they must not.
+
+use std::time::Duration;
+
+use dataminer_tests::server::Canary;
+use dataminer_tests::{media, Db};
+use dataminer_wire::VideoState;
+use serde_json::json;
+
+use crate::harness::env;
+
+both!(interval_frames_over_many_sources);
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+async fn interval_frames_over_many_sources(db: Db) {
+    let e = env(db, |_| {}).await;
+    media::copy_fixture("cfr10.mp4", "cfr10-copy.mp4");
+    let canary = Canary::start("127.0.0.1:0").await;
+    let proxy = format!("http://127.0.0.1:{}", canary.port);
+    e.media.redirect("r1", "/r2");
+    e.media.redirect("r2", &e.media.url("redirected.mp4"));
+    e.media.redirect("h1", "/h2");
+    e.media.redirect("h2", "/h3");
+    e.media.redirect("h3", "/h4");
+    e.media.redirect("h4", "/cfr25.mp4");
+    e.media.redirect("to-canary", &format!("http://127.0.0.1:{}/x.mp4", canary.port));
+    e.media.redirect("to-metadata", "http://169.254.169.254/latest/meta-data/");
+    let agent = e
+        .agent("a1", &[("HTTP_PROXY", &proxy), ("HTTPS_PROXY", &proxy), ("ALL_PROXY", &proxy), ("http_proxy", &proxy)])
+        .await;
+    e.project("p", json!({"strategy": "interval_frames", "interval_frames": 7})).await;
+    let names = [
+        "cfr10.mp4",
+        "cfr25.mp4",
+        "audio.mp4",
+        "r1",
+        "cfr10-copy.mp4",
+        "cfr10.mp4",
+        "corrupt.mp4",
+        "truncated.mp4",
+        "not-a-video.mp4",
+        "live.m3u8",
+        "h1",
+        "to-canary",
+        "to-metadata",
+        "missing.mp4",
+    ];
+    let urls: Vec<String> = names.iter().map(|n| e.media.url(n)).collect();
+    let vids = e.submit(&urls, "p").await;
+    assert_eq!(vids[0].id, vids[5].id, "the same URL is one video");
+    assert!(!vids[5].new);
+    let ids: Vec<i64> = vids.iter().map(|v| v.id).collect();
+    let done = e.settle(&ids, SETTLE, &[&agent]).await;
+    let by = |i: usize| &done[i];
+
+    let ms = |v: &[(u64, i64)]| v.to_vec();
+    assert_eq!(e.frames(by(0)), ms(&[(0, 0), (7, 700), (14, 1400), (21, 2100), (28, 2800)]));
+    assert_eq!(
+        e.frames(by(1)),
+        ms(&[(0, 0), (7, 280), (14, 560), (21, 840), (28, 1120), (35, 1400), (42, 1680), (49, 1960)])
+    );
+    assert_eq!(e.frames(by(2)), ms(&[(0, 0), (7, 700), (14, 1400)]));
+    assert_eq!(e.frames(by(3)), ms(&[(0, 0), (7, 583)]), "served through two redirects");
+
+    // Identical content under another URL: downloaded, then linked to the first extraction.
+    let (orig, copy) = (&by(0).video, &by(4).video);
+    assert_eq!(copy.state, VideoState::Extracted);
+    assert_eq!(copy.sha256, orig.sha256);
+    assert_eq!(copy.sha256.as_deref(), Some(media::sha256_of("cfr10.mp4").as_str()));
+    assert_eq!(copy.frames_dir, orig.frames_dir);
+    let extracts = |d: &dataminer_wire::VideoDetail| d.tasks.iter().filter(|t| t.stage.as_str() == "extract").count();
+    assert_eq!(extracts(by(0)) + extracts(by(4)), 1, "identical content is extracted once");
+    assert_eq!(e.media.gets("cfr10.mp4").len(), 1, "the same URL submitted twice is downloaded once");
+
+    let failed = |i: usize, stage: &str, needle: &str| {
+        let v = &by(i).video;
+        assert_eq!(v.state, VideoState::Failed, "{} should fail", names[i]);
+        assert_eq!(v.failed_stage.as_deref(), Some(stage), "{}: {:?}", names[i], v.error);
+        let err = v.error.clone().unwrap_or_default();
+        assert!(err.contains(needle), "{}: error {err:?} lacks {needle:?}", names[i]);
+        assert_eq!(v.frames_dir, None);
+    };
+    failed(6, "extract", "ffmpeg reported errors");
+    failed(7, "extract", "ffmpeg reported errors");
+    failed(8, "download", "not a readable video");
+    failed(9, "download", "live or segmented stream");
+    failed(10, "download", "more than 3 redirects");
+    failed(11, "download", "not a globally routable address");
+    failed(12, "download", "169.254.169.254");
+    failed(13, "download", "HTTP 404");
+    // Fatal failures are not retried.
+    for i in 6..=13 {
+        let t = by(i).tasks.iter().find(|t| t.last_error.is_some()).expect("failed task");
+        assert_eq!(t.attempts, 1, "{}: fatal failure retried", names[i]);
+    }
+    assert_eq!(canary.hits(), 0, "nothing may reach the canary (redirect target, or proxy from HTTP_PROXY)");
+
+    let m = agent.metrics_text().await;
+    assert!(m.contains("dataminer_agent_tasks_total{outcome=\"succeeded\",stage=\"extract\"} 4"), "{m}");
+    assert!(m.contains("dataminer_agent_tasks_total{outcome=\"failed_fatal\",stage=\"download\"} 6"), "{m}");
+    e.app.stop().await;
+}

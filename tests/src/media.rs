@@ -1,0 +1,101 @@
+//! Test videos made by the real ffmpeg, once per test process, with known frame counts and
+//! timestamps (the expected values in the tests are worked out from these recipes).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Directory holding every fixture (generated on first use).
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dataminer-media-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("fixture dir");
+        generate(&dir);
+        dir
+    })
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(args)
+        .output()
+        .expect("run ffmpeg (install it: apt-get install ffmpeg)");
+    assert!(out.status.success(), "ffmpeg {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+}
+
+fn src(size: &str, rate: &str, secs: &str) -> String {
+    format!("testsrc2=size={size}:rate={rate}:duration={secs}")
+}
+
+fn generate(d: &Path) {
+    let p = |n: &str| d.join(n).to_string_lossy().into_owned();
+    let enc = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"];
+    let video = |name: &str, lavfi: &str, extra: &[&str]| {
+        let mut a = vec!["-f", "lavfi", "-i", lavfi];
+        a.extend_from_slice(&enc);
+        a.extend_from_slice(extra);
+        let out = p(name);
+        a.push(&out);
+        ffmpeg(&a);
+    };
+    // 10 fps, 3 s: 30 frames, pts k/10.
+    video("cfr10.mp4", &src("160x120", "10", "3"), &[]);
+    // 25 fps, 2 s: 50 frames, pts k/25.
+    video("cfr25.mp4", &src("320x240", "25", "2"), &[]);
+    // 30000/1001 fps, 2 s: 60 frames, pts k·1001/30000.
+    video("ntsc.mp4", &src("64x48", "30000/1001", "2"), &[]);
+    // 12 fps, 1 s: 12 frames (served only through redirects).
+    video("redirected.mp4", &src("96x64", "12", "1"), &[]);
+    // Variable frame rate: the 10 fps clip with the odd frames of second 1 removed: 25 frames
+    // at 0.0–0.9, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0–2.9.
+    video(
+        "vfr.mp4",
+        &src("160x120", "10", "3"),
+        &["-vf", "select='lt(n\\,10)+gte(n\\,20)+between(n\\,10\\,19)*not(mod(n\\,2))'", "-fps_mode", "vfr"],
+    );
+    // Starts at 5 s: 10 fps, 2 s, pts 5.0 + k/10.
+    video("offset.mp4", &src("160x120", "10", "2"), &["-output_ts_offset", "5"]);
+    // With an audio track: 10 fps, 2 s video + 2 s of sine.
+    ffmpeg(&[
+        "-f", "lavfi", "-i", &src("160x120", "10", "2"), "-f", "lavfi", "-i", "sine=frequency=440:duration=2",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", &p("audio.mp4"),
+    ]);
+    // Three solid 1 s shots at 10 fps: red, green, blue (cuts at frames 10 and 20).
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "color=c=red:size=160x120:rate=10:duration=1",
+        "-f", "lavfi", "-i", "color=c=green:size=160x120:rate=10:duration=1",
+        "-f", "lavfi", "-i", "color=c=blue:size=160x120:rate=10:duration=1",
+        "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", &p("shots.mp4"),
+    ]);
+    // 5 s at 10 fps with the index first, for truncation and corruption.
+    video("whole.mp4", &src("320x240", "10", "5"), &["-movflags", "+faststart"]);
+    let whole = std::fs::read(d.join("whole.mp4")).expect("read whole.mp4");
+    std::fs::write(d.join("truncated.mp4"), &whole[..whole.len() / 2]).expect("write truncated");
+    let mut corrupt = whole.clone();
+    let (a, b) = (whole.len() / 3, whole.len() / 3 + whole.len() / 4);
+    for (i, byte) in corrupt[a..b].iter_mut().enumerate() {
+        *byte = (i * 37 + 11) as u8;
+    }
+    std::fs::write(d.join("corrupt.mp4"), corrupt).expect("write corrupt");
+    // A larger clip for the slow (throttled) downloads of the kill and SIGTERM tests.
+    video("slow.mp4", &src("320x240", "10", "8"), &["-g", "1"]);
+    std::fs::write(d.join("not-a-video.mp4"), b"<html>this is not a video</html>").expect("write");
+    std::fs::write(d.join("live.m3u8"), b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n").expect("write");
+}
+
+/// A copy of a fixture under another name (identical content, another URL).
+pub fn copy_fixture(from: &str, to: &str) {
+    let d = fixtures();
+    if !d.join(to).exists() {
+        std::fs::copy(d.join(from), d.join(to)).expect("copy fixture");
+    }
+}
+
+/// Lowercase hex SHA-256 of a fixture, by `sha256sum` (independent of the agent's code).
+pub fn sha256_of(name: &str) -> String {
+    let out = Command::new("sha256sum").arg(fixtures().join(name)).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
