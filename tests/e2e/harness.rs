@@ -169,7 +169,7 @@ impl Env {
         serde_json::from_slice(&std::fs::read(self.data.0.join(p)).expect("read manifest")).expect("parse manifest")
     }
 
-    /// (source frame, pts in ms) of every frame in the accepted manifest, after checking that
+    /// (source frame, pts in µs) of every frame in the accepted manifest, after checking that
     /// the frames directory holds exactly the listed files.
     pub fn frames(&self, v: &VideoDetail) -> Vec<(u64, i64)> {
         let m = self.manifest(v);
@@ -188,6 +188,6 @@ impl Env {
             assert_eq!(f.index as usize, i + 1);
         }
         assert_eq!(v.video.frame_count, Some(m.frames.len() as i64));
-        m.frames.iter().map(|f| (f.source_frame, (f.pts_s * 1000.0).round() as i64)).collect()
+        m.frames.iter().map(|f| (f.source_frame, (f.pts_s * 1e6).round() as i64)).collect()
     }
 }

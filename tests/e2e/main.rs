@@ -27,3 +27,5 @@ macro_rules! both {
 
 mod harness;
 mod pipeline;
+mod sources;
+mod strategies;

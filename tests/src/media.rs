@@ -62,13 +62,18 @@ fn generate(d: &Path) {
         "-f", "lavfi", "-i", &src("160x120", "10", "2"), "-f", "lavfi", "-i", "sine=frequency=440:duration=2",
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", &p("audio.mp4"),
     ]);
-    // Three solid 1 s shots at 10 fps: red, green, blue (cuts at frames 10 and 20).
+    // Three solid 1 s shots at 10 fps: black, white, grey (luma 16, 235, 126; cuts at
+    // frames 10 and 20, where the mean luma difference is 219 and 109).
     ffmpeg(&[
-        "-f", "lavfi", "-i", "color=c=red:size=160x120:rate=10:duration=1",
-        "-f", "lavfi", "-i", "color=c=green:size=160x120:rate=10:duration=1",
-        "-f", "lavfi", "-i", "color=c=blue:size=160x120:rate=10:duration=1",
+        "-f", "lavfi", "-i", "color=c=black:size=160x120:rate=10:duration=1",
+        "-f", "lavfi", "-i", "color=c=white:size=160x120:rate=10:duration=1",
+        "-f", "lavfi", "-i", "color=c=gray:size=160x120:rate=10:duration=1",
         "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]",
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", &p("shots.mp4"),
+    ]);
+    // The same three shots in Matroska: identical frames, different bytes (not linked).
+    ffmpeg(&[
+        "-i", &p("shots.mp4"), "-c", "copy", &p("shots.mkv"),
     ]);
     // 5 s at 10 fps with the index first, for truncation and corruption.
     video("whole.mp4", &src("320x240", "10", "5"), &["-movflags", "+faststart"]);
