@@ -26,6 +26,8 @@ macro_rules! both {
 }
 
 mod harness;
+mod lifecycle;
 mod pipeline;
 mod sources;
+mod ssrf;
 mod strategies;

@@ -5,13 +5,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Directory holding every fixture (generated on first use).
+/// Bump when a recipe changes, so a stale set is not reused.
+const RECIPES: u32 = 3;
+
+/// Directory holding every fixture, generated once per machine and recipe version (into a
+/// private directory renamed into place, so concurrent test processes never see half a set).
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("dataminer-media-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fixture dir");
-        generate(&dir);
+        let dir = std::env::temp_dir().join(format!("dataminer-media-v{RECIPES}"));
+        if !dir.join("complete").exists() {
+            let tmp = std::env::temp_dir().join(format!("dataminer-media-v{RECIPES}.{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).expect("fixture dir");
+            generate(&tmp);
+            std::fs::write(tmp.join("complete"), b"").expect("marker");
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp); // another process won the race
+            }
+        }
         dir
     })
 }
