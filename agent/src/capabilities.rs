@@ -24,7 +24,9 @@ pub async fn probe(config: &Config) -> Vec<String> {
             caps.push("yt-dlp".to_string());
             caps.push(format!("yt-dlp={}", v.trim()));
         }
-        None => tracing::info!(ytdlp = %config.ytdlp.display(), "yt-dlp not found: platform URLs are left to other agents"),
+        None => {
+            tracing::info!(ytdlp = %config.ytdlp.display(), "yt-dlp not found: platform URLs are left to other agents")
+        }
     }
     if let Ok(free) = fs4::available_space(&config.data_root) {
         caps.push(format!("disk_free_gib={}", free >> 30));

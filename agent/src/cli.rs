@@ -48,7 +48,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("bind the health/metrics port {}", config.metrics_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "health and metrics port");
     let http_stop = CancellationToken::new();
-    let server = tokio::spawn(health::serve(listener, health::router(health.clone(), metrics.clone()), http_stop.clone()));
+    let server =
+        tokio::spawn(health::serve(listener, health::router(health.clone(), metrics.clone()), http_stop.clone()));
 
     let client = ControlPlane::new(
         &config.control_plane,
@@ -76,7 +77,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     tracker.close();
     let grace = config.shutdown_grace();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(grace_s = grace.as_secs(), running = tracker.len(), "grace period over: stopping and releasing running tasks");
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            running = tracker.len(),
+            "grace period over: stopping and releasing running tasks"
+        );
         hard_stop.cancel();
         if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
             tracing::error!("some tasks did not stop in time; their leases expire on their own");

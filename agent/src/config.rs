@@ -104,7 +104,11 @@ pub struct Config {
     pub platform_hosts: Vec<String>,
     /// yt-dlp format selection (the seed's, with `?` so sources that do not report a
     /// height still match).
-    #[arg(long, env = "DATAMINER_YTDLP_FORMAT", default_value = "bestvideo[height<=?1080]+bestaudio/best[height<=?1080]")]
+    #[arg(
+        long,
+        env = "DATAMINER_YTDLP_FORMAT",
+        default_value = "bestvideo[height<=?1080]+bestaudio/best[height<=?1080]"
+    )]
     pub ytdlp_format: String,
     #[arg(long, env = "DATAMINER_FFMPEG", default_value = "ffmpeg")]
     pub ffmpeg: PathBuf,

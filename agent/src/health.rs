@@ -63,7 +63,11 @@ impl Health {
     pub fn is_live(&self) -> bool {
         let now = self.started.elapsed().as_millis() as u64;
         let limit = self.stall_after.as_millis() as u64;
-        self.ticks.iter().map(|t| t.load(Ordering::Relaxed)).filter(|t| *t != u64::MAX).all(|t| now.saturating_sub(t) <= limit)
+        self.ticks
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .filter(|t| *t != u64::MAX)
+            .all(|t| now.saturating_sub(t) <= limit)
     }
 
     pub fn is_ready(&self) -> bool {

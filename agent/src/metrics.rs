@@ -2,7 +2,9 @@
 //! downloaded, frames extracted, stage durations, tasks in flight and whether the control
 //! plane answered the last call. Served on the agent's own port at `/metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -23,8 +25,7 @@ impl Metrics {
             Opts::new("dataminer_agent_tasks_total", "Task attempts finished by this agent, by stage and outcome"),
             &["stage", "outcome"],
         )?;
-        let bytes_downloaded =
-            IntCounter::new("dataminer_agent_downloaded_bytes_total", "Bytes written by downloads")?;
+        let bytes_downloaded = IntCounter::new("dataminer_agent_downloaded_bytes_total", "Bytes written by downloads")?;
         let frames_extracted =
             IntCounter::new("dataminer_agent_frames_extracted_total", "Frames written by accepted extract attempts")?;
         let stage_duration = HistogramVec::new(
@@ -34,8 +35,10 @@ impl Metrics {
         )?;
         let in_flight =
             IntGaugeVec::new(Opts::new("dataminer_agent_tasks_in_flight", "Tasks running now"), &["stage"])?;
-        let control_plane_up =
-            IntGauge::new("dataminer_agent_control_plane_up", "1 when the last call to the control plane got an answer")?;
+        let control_plane_up = IntGauge::new(
+            "dataminer_agent_control_plane_up",
+            "1 when the last call to the control plane got an answer",
+        )?;
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(bytes_downloaded.clone()))?;
         registry.register(Box::new(frames_extracted.clone()))?;

@@ -390,7 +390,13 @@ impl Worker {
                 Err(e) => {
                     // The result itself was refused (e.g. 422): a bug worth a dead task, not a retry loop.
                     tracing::error!(parent: span, error = %e, "completion refused");
-                    self.report_failure(task, format!("result refused by the control plane: {e}"), false, lease_deadline).await;
+                    self.report_failure(
+                        task,
+                        format!("result refused by the control plane: {e}"),
+                        false,
+                        lease_deadline,
+                    )
+                    .await;
                     return "failed_fatal";
                 }
             }

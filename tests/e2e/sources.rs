@@ -53,7 +53,10 @@ async fn cut_download_resumes_with_if_range(db: Db) {
     let b = e.submit(&[e.media.url("audio.mp4")], "p").await[0].id;
     let done = e.settle(&[b], SETTLE, &[&agent]).await;
     assert_eq!(done[0].video.sha256.as_deref(), Some(media::sha256_of("audio.mp4").as_str()));
-    assert_eq!(done[0].video.size_bytes, Some(std::fs::metadata(media::fixtures().join("audio.mp4")).expect("f").len() as i64));
+    assert_eq!(
+        done[0].video.size_bytes,
+        Some(std::fs::metadata(media::fixtures().join("audio.mp4")).expect("f").len() as i64)
+    );
     let gets = e.media.gets("audio.mp4");
     assert_eq!(gets.len(), 2);
     assert_eq!(gets[1].headers.get("range").map(String::as_str), Some("bytes=5000-"));

@@ -30,7 +30,11 @@ impl Resolve for ToLoopback {
 
 fn context(allow: &[String], resolver: Arc<dyn Resolve>) -> StageContext {
     let cfg = Config::try_parse_from(["agent", "--min-free-bytes", "0"]).expect("config");
-    StageContext { config: Arc::new(cfg), guard: Guard::new(allow, resolver), metrics: Metrics::new().expect("metrics") }
+    StageContext {
+        config: Arc::new(cfg),
+        guard: Guard::new(allow, resolver),
+        metrics: Metrics::new().expect("metrics"),
+    }
 }
 
 async fn refused(ctx: &StageContext, url: &str, dir: &ScratchDir) -> String {
@@ -54,12 +58,12 @@ async fn forbidden_targets_never_get_a_connection() {
     let dir = ScratchDir::new();
     for url in [
         format!("http://127.0.0.1:{c}/v.mp4"),
-        format!("http://2130706433:{c}/v.mp4"),     // integer
-        format!("http://0x7f000001:{c}/v.mp4"),     // hex
-        format!("http://0x7f.0.0.1:{c}/v.mp4"),     // hex octet
-        format!("http://0177.0.0.01:{c}/v.mp4"),    // octal
-        format!("http://127.1:{c}/v.mp4"),          // short form
-        format!("http://0.0.0.0:{c}/v.mp4"),        // "this host"
+        format!("http://2130706433:{c}/v.mp4"),  // integer
+        format!("http://0x7f000001:{c}/v.mp4"),  // hex
+        format!("http://0x7f.0.0.1:{c}/v.mp4"),  // hex octet
+        format!("http://0177.0.0.01:{c}/v.mp4"), // octal
+        format!("http://127.1:{c}/v.mp4"),       // short form
+        format!("http://0.0.0.0:{c}/v.mp4"),     // "this host"
         format!("http://0:{c}/v.mp4"),
         format!("http://[::ffff:127.0.0.1]:{c}/v.mp4"), // IPv4-mapped
         format!("http://[::ffff:7f00:1]:{c}/v.mp4"),

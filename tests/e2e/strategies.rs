@@ -17,7 +17,8 @@ async fn interval_seconds_on_ntsc_vfr_and_offset_start(db: Db) {
     let agent = e.agent("a1", &[]).await;
     e.project("half", json!({"strategy": "interval_seconds", "interval_seconds": 0.5})).await;
     e.project("third", json!({"strategy": "interval_seconds", "interval_seconds": 0.3})).await;
-    let mut ids: Vec<i64> = e.submit(&[e.media.url("ntsc.mp4"), e.media.url("offset.mp4")], "half").await.iter().map(|v| v.id).collect();
+    let mut ids: Vec<i64> =
+        e.submit(&[e.media.url("ntsc.mp4"), e.media.url("offset.mp4")], "half").await.iter().map(|v| v.id).collect();
     ids.extend(e.submit(&[e.media.url("vfr.mp4")], "third").await.iter().map(|v| v.id));
     let done = e.settle(&ids, SETTLE, &[&agent]).await;
     // 30000/1001 fps: frame k at k·1001/30000 s; the first frames at or past 0, 0.5, 1.0, 1.5 s.

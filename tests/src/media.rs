@@ -71,22 +71,54 @@ fn generate(d: &Path) {
     video("offset.mp4", &src("160x120", "10", "2"), &["-output_ts_offset", "5"]);
     // With an audio track: 10 fps, 2 s video + 2 s of sine.
     ffmpeg(&[
-        "-f", "lavfi", "-i", &src("160x120", "10", "2"), "-f", "lavfi", "-i", "sine=frequency=440:duration=2",
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", &p("audio.mp4"),
+        "-f",
+        "lavfi",
+        "-i",
+        &src("160x120", "10", "2"),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        &p("audio.mp4"),
     ]);
     // Three solid 1 s shots at 10 fps: black, white, grey (luma 16, 235, 126; cuts at
     // frames 10 and 20, where the mean luma difference is 219 and 109).
     ffmpeg(&[
-        "-f", "lavfi", "-i", "color=c=black:size=160x120:rate=10:duration=1",
-        "-f", "lavfi", "-i", "color=c=white:size=160x120:rate=10:duration=1",
-        "-f", "lavfi", "-i", "color=c=gray:size=160x120:rate=10:duration=1",
-        "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]",
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", &p("shots.mp4"),
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:size=160x120:rate=10:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=white:size=160x120:rate=10:duration=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=gray:size=160x120:rate=10:duration=1",
+        "-filter_complex",
+        "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        &p("shots.mp4"),
     ]);
     // The same three shots in Matroska: identical frames, different bytes (not linked).
-    ffmpeg(&[
-        "-i", &p("shots.mp4"), "-c", "copy", &p("shots.mkv"),
-    ]);
+    ffmpeg(&["-i", &p("shots.mp4"), "-c", "copy", &p("shots.mkv")]);
     // 5 s at 10 fps with the index first, for truncation and corruption.
     video("whole.mp4", &src("320x240", "10", "5"), &["-movflags", "+faststart"]);
     let whole = std::fs::read(d.join("whole.mp4")).expect("read whole.mp4");

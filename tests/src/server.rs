@@ -114,14 +114,24 @@ impl MediaServer {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        self.log.lock().expect("log").push(LoggedRequest { method: method.clone(), path: path.clone(), headers: headers.clone() });
+        self.log.lock().expect("log").push(LoggedRequest {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+        });
 
         let (redirect, cut, throttle, ignore_ranges) = {
             let b = self.lock();
-            (b.redirects.get(&path).cloned(), b.cut_once.get(&path).copied(), b.throttle.get(&path).copied(), b.ignore_ranges)
+            (
+                b.redirects.get(&path).cloned(),
+                b.cut_once.get(&path).copied(),
+                b.throttle.get(&path).copied(),
+                b.ignore_ranges,
+            )
         };
         if let Some(loc) = redirect {
-            let resp = format!("HTTP/1.1 302 Found\r\nLocation: {loc}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let resp =
+                format!("HTTP/1.1 302 Found\r\nLocation: {loc}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             return sock.write_all(resp.as_bytes()).await;
         }
         let name = path.trim_start_matches('/');

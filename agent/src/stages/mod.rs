@@ -77,7 +77,9 @@ pub async fn run(
 pub fn data_path(root: &Path, rel: &str) -> Result<PathBuf, TaskError> {
     let p = Path::new(rel);
     if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(TaskError::fatal(format!("path {rel:?} from the control plane is not a relative path inside the data root")));
+        return Err(TaskError::fatal(format!(
+            "path {rel:?} from the control plane is not a relative path inside the data root"
+        )));
     }
     Ok(root.join(p))
 }

@@ -70,7 +70,12 @@ pub async fn probe(ffprobe: &Path, file: &Path) -> Result<VideoInfo, TaskError> 
     if !out.status.success() {
         return Err(TaskError::fatal(format!("not a readable video (ffprobe: {})", first_lines(&stderr))));
     }
-    parse(&out.stdout).map_err(|e| TaskError::fatal(format!("{e}{}", if stderr.is_empty() { String::new() } else { format!(" (ffprobe: {})", first_lines(&stderr)) })))
+    parse(&out.stdout).map_err(|e| {
+        TaskError::fatal(format!(
+            "{e}{}",
+            if stderr.is_empty() { String::new() } else { format!(" (ffprobe: {})", first_lines(&stderr)) }
+        ))
+    })
 }
 
 fn first_lines(s: &str) -> String {

@@ -78,17 +78,18 @@ pub async fn fetch(
         };
         let status = resp.status();
         if status.is_redirection() {
-            let loc = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| TaskError::fatal(format!("HTTP {status} without a Location from {}", redact(&current))))?;
+            let loc = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                TaskError::fatal(format!("HTTP {status} without a Location from {}", redact(&current)))
+            })?;
             let next = current
                 .join(loc)
                 .map_err(|e| TaskError::fatal(format!("bad redirect Location from {}: {e}", redact(&current))))?;
             redirects += 1;
             if redirects > MAX_REDIRECTS {
-                return Err(TaskError::fatal(format!("more than {MAX_REDIRECTS} redirects starting at {}", redact(url))));
+                return Err(TaskError::fatal(format!(
+                    "more than {MAX_REDIRECTS} redirects starting at {}",
+                    redact(url)
+                )));
             }
             current = next;
             continue;
@@ -144,7 +145,8 @@ pub async fn fetch(
     ensure_free_space(cfg, dir, total.map(|t| t - offset).unwrap_or(0))?;
     if let Some(validator) = validator(&resp) {
         let m = PartMeta { url: url.to_string(), validator };
-        write_atomic(&meta_path, &serde_json::to_vec(&m).unwrap_or_default()).map_err(|e| TaskError::io("write partial-download metadata", e))?;
+        write_atomic(&meta_path, &serde_json::to_vec(&m).unwrap_or_default())
+            .map_err(|e| TaskError::io("write partial-download metadata", e))?;
     } else {
         let _ = std::fs::remove_file(&meta_path);
     }
@@ -164,7 +166,13 @@ pub async fn fetch(
             n = tokio::time::timeout(read_timeout, stream.next()) => n,
         };
         match next {
-            Err(_) => break Err(TaskError::retryable(format!("no data for {} s from {}", read_timeout.as_secs(), redact(&current)))),
+            Err(_) => {
+                break Err(TaskError::retryable(format!(
+                    "no data for {} s from {}",
+                    read_timeout.as_secs(),
+                    redact(&current)
+                )))
+            }
             Ok(None) => break Ok(()),
             Ok(Some(Err(e))) => break Err(network_error(&current, &e)),
             Ok(Some(Ok(chunk))) => {
@@ -189,7 +197,10 @@ pub async fn fetch(
     let (sha256, size) = written?;
     if let Some(t) = total {
         if size != t {
-            return Err(TaskError::retryable(format!("connection closed after {size} of {t} bytes from {}", redact(&current))));
+            return Err(TaskError::retryable(format!(
+                "connection closed after {size} of {t} bytes from {}",
+                redact(&current)
+            )));
         }
     }
     let final_path = dir.join(format!("video.{ext}"));
@@ -221,10 +232,14 @@ fn write_and_hash(
             left -= n as u64;
             size += n as u64;
         }
-        let f = std::fs::OpenOptions::new().write(true).open(part).map_err(|e| TaskError::io("open partial download", e))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(part)
+            .map_err(|e| TaskError::io("open partial download", e))?;
         f.set_len(offset).map_err(|e| TaskError::io("truncate partial download", e))?;
         let mut f = f;
-        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(|e| TaskError::io("seek partial download", e))?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset))
+            .map_err(|e| TaskError::io("seek partial download", e))?;
         f
     } else {
         std::fs::File::create(part).map_err(|e| TaskError::io("create download file", e))?

@@ -23,7 +23,10 @@ const PROGRESS_PREFIX: &str = "dmprogress ";
 /// True when `host` is a platform host or a subdomain of one.
 pub fn is_platform_host(platform_hosts: &[String], host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
-    platform_hosts.iter().map(|p| p.trim().to_ascii_lowercase()).any(|p| !p.is_empty() && (h == p || h.ends_with(&format!(".{p}"))))
+    platform_hosts
+        .iter()
+        .map(|p| p.trim().to_ascii_lowercase())
+        .any(|p| !p.is_empty() && (h == p || h.ends_with(&format!(".{p}"))))
 }
 
 pub async fn fetch(
@@ -47,7 +50,9 @@ pub async fn fetch(
     super::super::ensure_free_space(cfg, dir, 0)?;
     let template = dir.join("video.%(ext)s");
     let mut cmd = tokio::process::Command::new(&cfg.ytdlp);
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"] {
+    for var in
+        ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
+    {
         cmd.env_remove(var);
     }
     cmd.args(["--ignore-config", "--no-exec", "--restrict-filenames", "--no-playlist", "--no-cache-dir"])

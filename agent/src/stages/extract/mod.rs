@@ -39,7 +39,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<StageResult, TaskError> {
     let cfg = &ctx.config;
-    let video_rel = task.input.video_path.as_deref().ok_or_else(|| TaskError::fatal("extract task without a video_path"))?;
+    let video_rel =
+        task.input.video_path.as_deref().ok_or_else(|| TaskError::fatal("extract task without a video_path"))?;
     let video = data_path(&cfg.data_root, video_rel)?;
     if !video.is_file() {
         // The shared root may be briefly unavailable; the attempt limit bounds the retries.
@@ -69,19 +70,17 @@ pub async fn run(
             .args(["-start_number", &o.start_number.to_string(), "-f", "image2"])
             .output(pattern.as_os_str());
     }
-    let mut child = ChildGuard(Some(cmd.spawn().map_err(|e| {
-        TaskError::fatal(format!("cannot run {}: {e}", cfg.ffmpeg.display()))
-    })?));
+    let mut child = ChildGuard(Some(
+        cmd.spawn().map_err(|e| TaskError::fatal(format!("cannot run {}: {e}", cfg.ffmpeg.display())))?,
+    ));
     // ffmpeg-sidecar pipes stdin and stdout; close both at once so ffmpeg (also told
     // -nostdin) can never block on a terminal or on a full pipe.
     if let Some(c) = child.get() {
         drop(c.take_stdin());
         drop(c.take_stdout());
     }
-    let stderr = child
-        .get()
-        .and_then(FfmpegChild::take_stderr)
-        .ok_or_else(|| TaskError::retryable("ffmpeg stderr missing"))?;
+    let stderr =
+        child.get().and_then(FfmpegChild::take_stderr).ok_or_else(|| TaskError::retryable("ffmpeg stderr missing"))?;
 
     // ffmpeg-sidecar parses the log lines on a thread; the lines come here as they appear.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogLevel, String)>();
@@ -205,10 +204,7 @@ pub async fn run(
 /// (a truncated file whose index survived).
 fn check_complete(taps: &Taps, info: &probe::VideoInfo, start: f64) -> Result<(), String> {
     let Some(declared) = info.stream_duration_s.or(info.duration_s) else { return Ok(()) };
-    let last = taps
-        .last(plan::SRC_TAP)
-        .and_then(|l| taps.seconds(plan::SRC_TAP, l.pts))
-        .ok_or("no frame decoded")?;
+    let last = taps.last(plan::SRC_TAP).and_then(|l| taps.seconds(plan::SRC_TAP, l.pts)).ok_or("no frame decoded")?;
     let frame = info.fps.map(|f| 1.0 / f).unwrap_or(0.0);
     let decoded = last - start + frame;
     if declared - decoded > TRUNCATION_SLACK_S {

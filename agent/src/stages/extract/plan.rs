@@ -63,7 +63,12 @@ pub fn plan(cfg: &ExtractConfig, start_time_s: f64) -> Plan {
         ExtractStrategy::IntervalFrames => single(format!("not(mod(n\\,{}))", cfg.interval_frames.max(1))),
         ExtractStrategy::IntervalSeconds => {
             let k = |t: &str| {
-                format!("floor(({t}-({s})+{e})/{p})", s = num(start_time_s), e = num(TIME_EPSILON_S), p = num(cfg.interval_seconds))
+                format!(
+                    "floor(({t}-({s})+{e})/{p})",
+                    s = num(start_time_s),
+                    e = num(TIME_EPSILON_S),
+                    p = num(cfg.interval_seconds)
+                )
             };
             single(format!("gte({kt}\\,0)*(isnan(prev_t)+gt({kt}\\,{kp}))", kt = k("t"), kp = k("prev_t")))
         }
@@ -84,7 +89,12 @@ pub fn plan(cfg: &ExtractConfig, start_time_s: f64) -> Plan {
                 num(cfg.diff_threshold)
             );
             graph.push_str(&rest);
-            outputs.push(Output { label: "o1".into(), tap: "showinfo@out".into(), start_number: 2, max_frames: max - 1 });
+            outputs.push(Output {
+                label: "o1".into(),
+                tap: "showinfo@out".into(),
+                start_number: 2,
+                max_frames: max - 1,
+            });
             Plan { filter_complex: graph, outputs, qscale: qscale(cfg.jpeg_quality) }
         }
     }
@@ -108,7 +118,10 @@ mod tests {
     fn interval_frames_graph() {
         let cfg = ExtractConfig { interval_frames: 7, max_frames_per_video: 9, ..Default::default() };
         let p = plan(&cfg, 0.0);
-        assert_eq!(p.filter_complex, "[0:v:0]showinfo@src=checksum=0,select='not(mod(n\\,7))',showinfo@out=checksum=0[o0]");
+        assert_eq!(
+            p.filter_complex,
+            "[0:v:0]showinfo@src=checksum=0,select='not(mod(n\\,7))',showinfo@out=checksum=0[o0]"
+        );
         assert_eq!(p.outputs[0].max_frames, 9);
     }
 

@@ -93,7 +93,10 @@ pub fn kept_frames(taps: &Taps, outputs: &[(&str, usize)]) -> Result<Vec<KeptFra
     let mut kept = Vec::new();
     for (tap, max) in outputs {
         for f in taps.frames.get(*tap).map(Vec::as_slice).unwrap_or(&[]).iter().take(*max) {
-            let n = by_pts.get(&f.pts).copied().ok_or_else(|| format!("kept frame with pts {} has no decoded source frame", f.pts))?;
+            let n = by_pts
+                .get(&f.pts)
+                .copied()
+                .ok_or_else(|| format!("kept frame with pts {} has no decoded source frame", f.pts))?;
             kept.push(KeptFrame { source_frame: n, pts: f.pts });
         }
     }
