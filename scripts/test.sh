@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prereqs.sh
 ensure_debian_packages
+ensure_python_tools
 if [ -z "${DATAMINER_TEST_PG_URL:-}" ]; then
   DATAMINER_TEST_PG_URL="$(DATAMINER_PG_FAST=1 bash scripts/test-postgres.sh)"
   export DATAMINER_TEST_PG_URL

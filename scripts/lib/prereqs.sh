@@ -5,6 +5,8 @@ ensure_debian_packages() {
   if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then need+=(ffmpeg); fi
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
   if [ ${#need[@]} -eq 0 ]; then return 0; fi
   local sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
@@ -12,4 +14,14 @@ ensure_debian_packages() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Debian's postgresql package may start its own cluster on 5432; ours use their own ports.
+}
+
+# The agent's Python tools (yt-dlp) in ./.venv, from PyPI, pinned by requirements-agent.txt.
+ensure_python_tools() {
+  if [ ! -x .venv/bin/pip ]; then
+    python3 -m venv .venv
+  fi
+  if ! .venv/bin/pip freeze 2>/dev/null | grep -qxF -f <(grep -v '^#' requirements-agent.txt); then
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-agent.txt
+  fi
 }

@@ -99,6 +99,15 @@ async fn interval_frames_over_many_sources(db: Db) {
     }
     assert_eq!(canary.hits(), 0, "nothing may reach the canary (redirect target, or proxy from HTTP_PROXY)");
 
+    // /status (text) lists where the frames are.
+    let text = e.app.user(reqwest::Method::GET, "/status").header("accept", "text/plain").send().await.expect("status");
+    let text = text.text().await.expect("text");
+    let dir = by(0).video.frames_dir.clone().expect("frames dir");
+    assert!(
+        text.contains(&format!("#{:<6}EXTRACTED   ", ids[0])) && text.contains(&format!("5 frames in {dir}/")),
+        "{text}"
+    );
+
     let m = agent.metrics_text().await;
     assert!(m.contains("dataminer_agent_tasks_total{outcome=\"succeeded\",stage=\"extract\"} 4"), "{m}");
     assert!(m.contains("dataminer_agent_tasks_total{outcome=\"failed_fatal\",stage=\"download\"} 6"), "{m}");

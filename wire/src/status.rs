@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{AgentView, ProjectState};
+use crate::{AgentView, ProjectState, VideoState};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusReport {
@@ -22,6 +22,22 @@ pub struct StatusReport {
     pub projects: Vec<ProjectSummary>,
     pub agents_alive: i64,
     pub agents: Vec<AgentView>,
+    /// The most recently updated videos (at most 20), with where their frames are.
+    #[serde(default)]
+    pub recent_videos: Vec<RecentVideo>,
+}
+
+/// A video in `/status`: its state and, once extracted, its frames (relative to the data root).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecentVideo {
+    pub id: i64,
+    /// Redacted (no credentials or query values).
+    pub url: String,
+    pub state: VideoState,
+    pub frame_count: Option<i64>,
+    pub frames_dir: Option<String>,
+    pub error: Option<String>,
+    pub updated_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

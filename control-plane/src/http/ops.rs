@@ -136,6 +136,18 @@ pub fn render_text(r: &StatusReport) -> String {
             a.version
         );
     }
+    let _ = writeln!(o, "\nRECENT VIDEOS (frames under the data root)");
+    if r.recent_videos.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for v in &r.recent_videos {
+        let what = match (&v.frames_dir, v.frame_count, &v.error) {
+            (Some(d), Some(n), _) => format!("{n} frames in {d}/"),
+            (_, _, Some(e)) => format!("error: {}", e.chars().take(120).collect::<String>()),
+            _ => "-".into(),
+        };
+        let _ = writeln!(o, "  #{:<6}{:<12}{}  {}", v.id, v.state.as_str(), v.url, what);
+    }
     o
 }
 

@@ -2,10 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use dataminer_wire::{ProjectState, ProjectSummary, ProjectVideoState, Stage, StatusReport, TaskState, VideoState};
+use dataminer_wire::{
+    ProjectState, ProjectSummary, ProjectVideoState, RecentVideo, Stage, StatusReport, TaskState, VideoState,
+};
 use sqlx::Row;
 
 use super::{Result, Store};
+
+/// How many recently updated videos `/status` lists.
+const RECENT_VIDEOS: i64 = 20;
 
 /// Task counts by (stage, state) plus the oldest runnable queued task per stage.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +99,25 @@ impl Store {
             }
         }
         let agents = self.list_agents().await?;
+        let recent_videos = sqlx::query(&format!(
+            "SELECT {} FROM videos v ORDER BY v.updated_at DESC, v.id DESC LIMIT {RECENT_VIDEOS}",
+            super::rows::VIDEO_COLS
+        ))
+        .fetch_all(self.reader())
+        .await?
+        .iter()
+        .map(|r| {
+            super::rows::video(r).map(|v| RecentVideo {
+                id: v.id,
+                url: v.url,
+                state: v.state,
+                frame_count: v.frame_count,
+                frames_dir: v.frames_dir,
+                error: v.error,
+                updated_at_ms: v.updated_at_ms,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         Ok(StatusReport {
             now_ms: now,
             backend: self.backend().name().to_string(),
@@ -103,6 +127,7 @@ impl Store {
             projects,
             agents_alive: agents.iter().filter(|a| a.alive).count() as i64,
             agents,
+            recent_videos,
         })
     }
 }
