@@ -45,7 +45,9 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&a.dir)?;
     let dir = std::fs::canonicalize(&a.dir)?;
     if a.only != "download" {
-        for (label, strategy) in [("interval_frames N=30", ExtractStrategy::IntervalFrames), ("scene 0.3", ExtractStrategy::Scene)] {
+        for (label, strategy) in
+            [("interval_frames N=30", ExtractStrategy::IntervalFrames), ("scene 0.3", ExtractStrategy::Scene)]
+        {
             extract_bench(&dir, &a, label, strategy).await?;
         }
     }
@@ -125,9 +127,15 @@ async fn extract_bench(dir: &Path, a: &Args, label: &str, strategy: ExtractStrat
             },
         };
         let t = Instant::now();
-        let r = dataminer_agent::stages::extract::run(&ctx, &task, &dir.join(&attempt), Arc::new(Progress::default()), CancellationToken::new())
-            .await
-            .map_err(|e| anyhow::anyhow!("agent extract failed: {e}"))?;
+        let r = dataminer_agent::stages::extract::run(
+            &ctx,
+            &task,
+            &dir.join(&attempt),
+            Arc::new(Progress::default()),
+            CancellationToken::new(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("agent extract failed: {e}"))?;
         agent.push(t.elapsed().as_secs_f64());
         let bare_n = std::fs::read_dir(&out)?.count() as i64;
         if let dataminer_wire::StageResult::Extract { frame_count, .. } = r {
@@ -159,7 +167,9 @@ async fn serve_file(path: PathBuf) -> Result<u16> {
                 let _ = sock.read(&mut req).await;
                 let Ok(mut f) = tokio::fs::File::open(&path).await else { return };
                 let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                );
                 if sock.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
@@ -198,7 +208,6 @@ async fn download_bench(dir: &Path, a: &Args) -> Result<()> {
     let ctx = context(dir, vec![format!("127.0.0.1:{port}")])?;
     let bytes = (a.download_mib << 20) as f64;
     let (mut curl, mut agent) = (Vec::new(), Vec::new());
-    let mut expected = String::new();
     for run in 0..a.runs {
         let out = dir.join("curl.out");
         let t = Instant::now();
@@ -207,7 +216,7 @@ async fn download_bench(dir: &Path, a: &Args) -> Result<()> {
             .arg(format!("curl -s {url} | tee {} | sha256sum", out.display()))
             .output()?;
         curl.push(t.elapsed().as_secs_f64());
-        expected = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string();
+        let expected = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string();
         let _ = std::fs::remove_file(&out);
 
         let d = dir.join(format!("videos/1/{run}.1"));

@@ -47,15 +47,21 @@ pub async fn run(
         return Err(TaskError::retryable(format!("input video {video_rel} is not on the data root")));
     }
     let settings = task.input.extract.clone().unwrap_or_default();
-    let info = probe::probe(&cfg.ffprobe, &video).await?;
-    let start = info.start_time_s.unwrap_or(0.0);
-    // Rough upper bound of the JPEG bytes: 0.5 byte per pixel per frame.
-    let pixels = (info.width.unwrap_or(1920) * info.height.unwrap_or(1080)).max(1) as u64;
-    let expected_frames = match (info.duration_s, info.fps) {
-        (Some(d), Some(f)) => ((d * f) as u64 + 1).min(settings.max_frames_per_video as u64),
-        _ => settings.max_frames_per_video as u64,
+    // ffprobe costs ~0.1 s; only interval_seconds needs its start time before ffmpeg starts,
+    // the other strategies probe while ffmpeg decodes.
+    let mut probe_task = {
+        let (bin, file) = (cfg.ffprobe.clone(), video.clone());
+        AbortOnDrop(Some(tokio::spawn(async move { probe::probe(&bin, &file).await })))
     };
-    ensure_free_space(cfg, attempt_dir, expected_frames.min(1000) * pixels / 2)?;
+    let early = if settings.strategy == dataminer_wire::ExtractStrategy::IntervalSeconds {
+        Some(probe_task.join().await?)
+    } else {
+        None
+    };
+    let start = early.as_ref().and_then(|i| i.start_time_s).unwrap_or(0.0);
+    // Room for the frames: at most 1000 frames of 0.5 byte per pixel of 1080p, checked up front.
+    let frames = settings.max_frames_per_video.min(1000) as u64;
+    ensure_free_space(cfg, attempt_dir, frames * 1920 * 1080 / 2)?;
     let plan = plan::plan(&settings, start);
 
     let mut cmd = FfmpegCommand::new_with_path(&cfg.ffmpeg);
@@ -84,6 +90,8 @@ pub async fn run(
 
     // ffmpeg-sidecar parses the log lines on a thread; the lines come here as they appear.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogLevel, String)>();
+    let declared = Arc::new(std::sync::Mutex::new(None::<f64>));
+    let declared_w = declared.clone();
     std::thread::spawn(move || {
         let mut parser = FfmpegLogParser::new(std::io::BufReader::new(stderr));
         loop {
@@ -93,6 +101,9 @@ pub async fn run(
                     if tx.send((level, line)).is_err() {
                         break;
                     }
+                }
+                Ok(FfmpegEvent::ParsedDuration(d)) => {
+                    *declared_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.duration);
                 }
                 Ok(_) => {}
                 Err(_) => {} // a line the parser did not expect; not one of ours
@@ -122,7 +133,8 @@ pub async fn run(
                 if taps.feed(&line) == Some(plan::SRC_TAP) {
                     let written: usize = out_taps.iter().map(|(t, m)| taps.count(t).min(*m)).sum();
                     progress.frames.store(written as u64, Ordering::Relaxed);
-                    if let (Some(last), Some(d)) = (taps.last(plan::SRC_TAP), info.duration_s) {
+                    let duration = *declared.lock().unwrap_or_else(|e| e.into_inner());
+                    if let (Some(last), Some(d)) = (taps.last(plan::SRC_TAP), duration) {
                         if let Some(s) = taps.seconds(plan::SRC_TAP, last.pts) {
                             let pm = (((s - start) / d) * 1000.0).clamp(0.0, 1000.0);
                             progress.permille.store(pm as u64, Ordering::Relaxed);
@@ -141,12 +153,23 @@ pub async fn run(
         return Err(TaskError::Stopped("cancelled".into()));
     }
     if !errors.is_empty() {
-        return Err(TaskError::fatal(format!("ffmpeg reported errors decoding {video_rel}: {}", errors.join(" | "))));
+        let msg = format!("ffmpeg reported errors decoding {video_rel}: {}", errors.join(" | "));
+        // A full disk is the node's problem, not the video's.
+        return Err(if msg.contains("No space left on device") {
+            TaskError::retryable(msg)
+        } else {
+            TaskError::fatal(msg)
+        });
     }
     if !status.success() {
         return Err(TaskError::fatal(format!("ffmpeg failed on {video_rel} ({status})")));
     }
 
+    let info = match early {
+        Some(i) => i,
+        None => probe_task.join().await?,
+    };
+    let start = info.start_time_s.unwrap_or(0.0);
     let kept = showinfo::kept_frames(&taps, &out_taps).map_err(TaskError::fatal)?;
     let decoded = taps.count(plan::SRC_TAP) as u64;
     if kept.is_empty() {
@@ -198,6 +221,24 @@ pub async fn run(
         manifest_path: relative_to_root(&cfg.data_root, &manifest_file)?,
         frame_count: m.frames.len() as i64,
     })
+}
+
+/// The concurrent ffprobe, aborted (its child killed) if the stage ends first.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<Result<probe::VideoInfo, TaskError>>>);
+
+impl AbortOnDrop {
+    async fn join(&mut self) -> Result<probe::VideoInfo, TaskError> {
+        let h = self.0.take().ok_or_else(|| TaskError::retryable("ffprobe joined twice"))?;
+        h.await.map_err(|e| TaskError::retryable(format!("ffprobe task failed: {e}")))?
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// Fails when decoding stopped more than a second short of the duration the file declares
