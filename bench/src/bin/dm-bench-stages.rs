@@ -4,6 +4,7 @@
 //! - download: the agent's direct download (guard, streaming, SHA-256, write, fsync) vs
 //!   `curl -s URL | tee FILE | sha256sum`, both from the same loopback server
 //!   (target: throughput ratio ≥ 0.9).
+//!
 //! Runs alternate between the two sides; medians are reported.
 
 use std::path::{Path, PathBuf};
