@@ -26,8 +26,10 @@ impl Metrics {
             &["stage", "outcome"],
         )?;
         let bytes_downloaded = IntCounter::new("dataminer_agent_downloaded_bytes_total", "Bytes written by downloads")?;
-        let frames_extracted =
-            IntCounter::new("dataminer_agent_frames_extracted_total", "Frames written by accepted extract attempts")?;
+        let frames_extracted = IntCounter::new(
+            "dataminer_agent_frames_extracted_total",
+            "Frames written by extract attempts that succeeded",
+        )?;
         let stage_duration = HistogramVec::new(
             HistogramOpts::new("dataminer_agent_stage_duration_seconds", "Run time of task attempts")
                 .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dataminer_wire::{LeaseRequest, LeasedTask, RegisterAgentRequest, Stage, StageResult, PROTOCOL_VERSION};
+use dataminer_wire::{LeaseRequest, LeasedTask, RegisterAgentRequest, Stage, StageResult, TaskState, PROTOCOL_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -246,9 +246,9 @@ impl Worker {
             let (ctx, t, p, c) = (self.ctx.clone(), task.clone(), progress.clone(), cancel.clone());
             tokio::spawn(async move { stages::run(&ctx, &t, p, c).await })
         };
-        let abort = work.abort_handle();
+        let mut work = work;
         let outcome = tokio::select! {
-            r = work => r.unwrap_or_else(|e| Err(TaskError::retryable(format!("internal error in the {stage} stage: {e}")))),
+            r = &mut work => r.unwrap_or_else(|e| Err(TaskError::retryable(format!("internal error in the {stage} stage: {e}")))),
             _ = hard_stop.cancelled() => {
                 set_reason(&reason, StopReason::Shutdown);
                 Err(TaskError::Stopped("agent shutting down".into()))
@@ -258,7 +258,12 @@ impl Worker {
             }
         };
         cancel.cancel(); // stops anything the stage left running
-        abort.abort();
+        if !work.is_finished() {
+            // Dropping the stage's future kills its ffmpeg/yt-dlp; wait for that before
+            // touching its directory.
+            work.abort();
+            let _ = work.await;
+        }
 
         let attempt_dir = stages::data_path(&self.config().data_root, &task.attempt_dir).ok();
         let label = match outcome {
@@ -275,22 +280,31 @@ impl Worker {
                         "released"
                     }
                     StopReason::Cancelled => {
+                        if let Some(d) = &attempt_dir {
+                            cleanup_failed_attempt(stage, d, false);
+                        }
                         tracing::info!(parent: &span, "cancelled by a user; stopped");
                         "cancelled"
                     }
                     StopReason::LeaseLost => {
-                        tracing::warn!(parent: &span, why = %why, "lease lost; stopped (attempt directory left for cleanup)");
+                        // The attempt can never be accepted; a partial download stays for the
+                        // task's next attempt to adopt (or for removal when one succeeds).
+                        if let Some(d) = &attempt_dir {
+                            cleanup_failed_attempt(stage, d, true);
+                        }
+                        tracing::warn!(parent: &span, why = %why, "lease lost; stopped");
                         "lease_lost"
                     }
                 }
             }
             Err(e) => {
                 let retryable = e.is_retryable();
-                if let Some(d) = &attempt_dir {
-                    cleanup_failed_attempt(stage, d, retryable);
-                }
                 tracing::warn!(parent: &span, error = %e, retryable, "task failed");
-                self.report_failure(&task, e.to_string(), retryable, &lease_deadline).await;
+                let state = self.report_failure(&task, e.to_string(), retryable, &lease_deadline).await;
+                // Keep a resumable partial download only for an attempt that will follow.
+                if let Some(d) = &attempt_dir {
+                    cleanup_failed_attempt(stage, d, retryable && state != Some(TaskState::Dead));
+                }
                 if retryable {
                     "failed_retryable"
                 } else {
@@ -397,19 +411,29 @@ impl Worker {
                         lease_deadline,
                     )
                     .await;
+                    if let Ok(d) = stages::data_path(&self.config().data_root, &task.attempt_dir) {
+                        let _ = std::fs::remove_dir_all(d);
+                    }
                     return "failed_fatal";
                 }
             }
         }
     }
 
-    async fn report_failure(&self, task: &LeasedTask, error: String, retryable: bool, lease_deadline: &Mutex<Instant>) {
+    /// Reports a failure; returns the task's new state when the control plane answered.
+    async fn report_failure(
+        &self,
+        task: &LeasedTask,
+        error: String,
+        retryable: bool,
+        lease_deadline: &Mutex<Instant>,
+    ) -> Option<TaskState> {
         let mut backoff = Backoff::new(BACKOFF_BASE, Duration::from_secs(2));
         loop {
             match self.client.fail(task.task_id, task.lease_token, error.clone(), retryable).await {
-                Ok(_) => {
+                Ok(r) => {
                     self.reachable();
-                    return;
+                    return Some(r.state);
                 }
                 Err(ClientError::Unreachable(_))
                     if Instant::now() < *lease_deadline.lock().unwrap_or_else(|e| e.into_inner()) =>
@@ -419,7 +443,7 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(task_id = task.task_id, error = %e, "could not report the failure; the reaper will requeue the task");
-                    return;
+                    return None;
                 }
             }
         }

@@ -124,6 +124,8 @@ fn result_for(t: &LeasedTask) -> StageResult {
             width: Some(1280),
             height: Some(720),
             codec: Some("h264".into()),
+            start_time_s: Some(0.0),
+            stream_frames: Some(1800),
         },
         Stage::Extract => {
             StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/manifest.json"), frame_count: 60 }

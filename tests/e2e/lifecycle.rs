@@ -12,7 +12,12 @@ use serde_json::json;
 
 use crate::harness::{env, start_agent, Env};
 
-both!(kill_9_agent_holding_leases, sigterm_mid_task_releases_at_once);
+both!(
+    kill_9_agent_holding_leases,
+    sigterm_mid_task_releases_at_once,
+    user_cancel_stops_the_running_task,
+    lost_lease_stops_the_task
+);
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -130,6 +135,59 @@ async fn sigterm_mid_task_releases_at_once(db: Db) {
     let gets = e.media.gets("slow.mp4");
     assert_eq!(gets.len(), 2);
     assert!(gets[1].headers.contains_key("range"), "the second agent resumed the released partial download");
+    e.app.stop().await;
+}
+
+async fn wait_for_metric(a: &crate::harness::Agent, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.metrics_text().await.lines().any(|l| l == line) {
+        assert!(Instant::now() < deadline, "metric {line:?} never appeared:\n{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn user_cancel_stops_the_running_task(db: Db) {
+    let e = env(db, |_| {}).await;
+    e.media.throttle("slow.mp4", 50_000);
+    e.project("p", json!({})).await;
+    let a = e.agent("a1", &[]).await;
+    let id = e.submit(&[e.media.url("slow.mp4")], "p").await[0].id;
+    let a_id = agent_id(&e, "a1").await;
+    wait_downloading(&e, &[id], a_id).await;
+    let attempt = e.app.video(id).await;
+    let t = download_task(&attempt);
+    let r = e.app.user(reqwest::Method::POST, &format!("/v1/videos/{id}/cancel")).send().await.expect("cancel");
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
+    let t0 = Instant::now();
+    // The next heartbeat says cancelled: the download stops and its directory goes.
+    wait_for_metric(&a, "dataminer_agent_tasks_total{outcome=\"cancelled\",stage=\"download\"} 1").await;
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let dir = e.data.0.join(format!("videos/{id}"));
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "attempt directory of cancelled task {} left: {leftovers:?}", t.id);
+    assert_eq!(e.app.video(id).await.video.state, dataminer_wire::VideoState::Cancelled);
+    e.app.stop().await;
+}
+
+async fn lost_lease_stops_the_task(db: Db) {
+    // Heartbeats slower than the lease: the reaper takes the task back, and the next
+    // heartbeat's 409 stops the attempt that no longer owns it.
+    let e = env(db, |c| {
+        c.lease_ttl_ms = 300;
+        c.reaper_interval_ms = 50;
+        c.max_attempts = 2;
+    })
+    .await;
+    e.media.throttle("slow.mp4", 50_000);
+    e.project("p", json!({})).await;
+    let a = e.agent("slow-heart", &[("DATAMINER_HEARTBEAT_INTERVAL_MS", "1000")]).await;
+    let id = e.submit(&[e.media.url("slow.mp4")], "p").await[0].id;
+    wait_for_metric(&a, "dataminer_agent_tasks_total{outcome=\"lease_lost\",stage=\"download\"} 2").await;
+    assert!(a.log_text().contains("lease lost; stopped"));
+    let d = e.app.video(id).await;
+    assert_eq!(d.video.state, dataminer_wire::VideoState::Failed, "dead after its attempts expired");
+    assert_eq!(download_task(&d).state, TaskState::Dead);
     e.app.stop().await;
 }
 

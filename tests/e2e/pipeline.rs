@@ -47,6 +47,7 @@ async fn interval_frames_over_many_sources(db: Db) {
         "to-canary",
         "to-metadata",
         "missing.mp4",
+        "audio-only.mp4",
     ];
     let urls: Vec<String> = names.iter().map(|n| e.media.url(n)).collect();
     let vids = e.submit(&urls, "p").await;
@@ -65,6 +66,12 @@ async fn interval_frames_over_many_sources(db: Db) {
     );
     assert_eq!(e.frames(by(2)), ms(&[(0, 0), (7, 700), (14, 1400)]));
     assert_eq!(e.frames(by(3)), vec![(0, 0), (7, 583_333)], "served through two redirects");
+
+    // ffprobe's facts, as recorded by the control plane.
+    let v = &by(0).video;
+    assert_eq!((v.duration_s, v.fps, v.width, v.height), (Some(3.0), Some(10.0), Some(160), Some(120)));
+    assert_eq!((v.codec.as_deref(), v.start_time_s, v.stream_frames), (Some("h264"), Some(0.0), Some(30)));
+    assert!(v.file_path.as_deref().is_some_and(|p| p.starts_with("videos/") && p.ends_with("/video.mp4")));
 
     // Identical content under another URL: downloaded, then linked to the first extraction.
     let (orig, copy) = (&by(0).video, &by(4).video);
@@ -92,6 +99,7 @@ async fn interval_frames_over_many_sources(db: Db) {
     failed(11, "download", "not a globally routable address");
     failed(12, "download", "169.254.169.254");
     failed(13, "download", "HTTP 404");
+    failed(14, "download", "no video stream");
     // Fatal failures are not retried.
     for (d, name) in done.iter().zip(names).skip(6) {
         let t = d.tasks.iter().find(|t| t.last_error.is_some()).expect("failed task");
@@ -110,6 +118,6 @@ async fn interval_frames_over_many_sources(db: Db) {
 
     let m = agent.metrics_text().await;
     assert!(m.contains("dataminer_agent_tasks_total{outcome=\"succeeded\",stage=\"extract\"} 4"), "{m}");
-    assert!(m.contains("dataminer_agent_tasks_total{outcome=\"failed_fatal\",stage=\"download\"} 6"), "{m}");
+    assert!(m.contains("dataminer_agent_tasks_total{outcome=\"failed_fatal\",stage=\"download\"} 7"), "{m}");
     e.app.stop().await;
 }

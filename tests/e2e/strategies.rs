@@ -43,6 +43,7 @@ async fn interval_seconds_on_ntsc_vfr_and_offset_start(db: Db) {
         ]
     );
     let m = e.manifest(&done[1]);
+    assert_eq!((done[1].video.start_time_s, done[1].video.duration_s), (Some(5.0), Some(2.0)));
     assert_eq!(m.source.start_time_s, 5.0);
     assert_eq!(m.source.frames_decoded, 20);
     e.app.stop().await;
@@ -61,6 +62,9 @@ async fn scene_and_diff_on_hard_cuts(db: Db) {
     let done = e.settle(&[a, b], SETTLE, &[&agent]).await;
     assert_eq!(e.frames(&done[0]), vec![(0, 0), (10, 1_000_000), (20, 2_000_000)]);
     assert_eq!(e.frames(&done[1]), vec![(0, 0), (10, 1_000_000)]);
+    // Matroska declares no frame count: the whole stream is still decoded, never guessed.
+    assert_eq!(done[1].video.stream_frames, None);
+    assert_eq!(e.manifest(&done[1]).source.frames_decoded, 30);
     e.app.stop().await;
 }
 

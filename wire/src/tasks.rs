@@ -200,6 +200,12 @@ pub enum StageResult {
         width: Option<i64>,
         height: Option<i64>,
         codec: Option<String>,
+        /// The video stream's start time, seconds (ffprobe).
+        #[serde(default)]
+        start_time_s: Option<f64>,
+        /// Frames in the video stream as the container declares them; absent when unknown.
+        #[serde(default)]
+        stream_frames: Option<i64>,
     },
     Extract {
         frames_dir: String,

@@ -154,6 +154,10 @@ pub struct VideoView {
     pub width: Option<i64>,
     pub height: Option<i64>,
     pub codec: Option<String>,
+    /// The video stream's start time, seconds.
+    pub start_time_s: Option<f64>,
+    /// Frames the container declares for the video stream (absent when unknown).
+    pub stream_frames: Option<i64>,
     pub file_path: Option<String>,
     pub frames_dir: Option<String>,
     pub manifest_path: Option<String>,

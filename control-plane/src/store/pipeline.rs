@@ -333,14 +333,27 @@ async fn apply_downloads(
     downloads.sort_by_key(|(t, _)| t.video_id);
     let sql = format!(
         "UPDATE videos SET sha256 = v.column2, size_bytes = v.column3, duration_s = v.column4, fps = v.column5, \
-         width = v.column6, height = v.column7, codec = v.column8, file_path = v.column9, updated_at = $1 \
+         width = v.column6, height = v.column7, codec = v.column8, file_path = v.column9, \
+         start_time_s = v.column10, stream_frames = v.column11, updated_at = $1 \
          FROM (VALUES {}) AS v WHERE videos.id = v.column1",
-        values_rows(2, downloads.len(), 9)
+        values_rows(2, downloads.len(), 11)
     );
     let mut q = sqlx::query(&sql).bind(now);
     let mut shas: Vec<&str> = Vec::new();
     for (t, r) in downloads.iter() {
-        if let StageResult::Download { file_path, sha256, size_bytes, duration_s, fps, width, height, codec } = r {
+        if let StageResult::Download {
+            file_path,
+            sha256,
+            size_bytes,
+            duration_s,
+            fps,
+            width,
+            height,
+            codec,
+            start_time_s,
+            stream_frames,
+        } = r
+        {
             q = q
                 .bind(t.video_id)
                 .bind(sha256.as_str())
@@ -350,7 +363,9 @@ async fn apply_downloads(
                 .bind(*width)
                 .bind(*height)
                 .bind(codec.clone())
-                .bind(file_path.as_str());
+                .bind(file_path.as_str())
+                .bind(*start_time_s)
+                .bind(*stream_frames);
             shas.push(sha256);
         }
     }

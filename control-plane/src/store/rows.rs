@@ -9,7 +9,7 @@ use super::{Result, StoreError};
 use crate::urls;
 
 pub(crate) const VIDEO_COLS: &str = "v.id, v.url, v.source_kind, v.origin, v.state, v.failed_stage, v.error, \
-    v.priority, v.sha256, v.size_bytes, v.duration_s, v.fps, v.width, v.height, v.codec, v.file_path, \
+    v.priority, v.sha256, v.size_bytes, v.duration_s, v.fps, v.width, v.height, v.codec, v.start_time_s, v.stream_frames, v.file_path, \
     v.frames_dir, v.manifest_path, v.frame_count, v.content_of, v.created_at, v.updated_at";
 
 pub(crate) fn video(r: &AnyRow) -> Result<VideoView> {
@@ -31,6 +31,8 @@ pub(crate) fn video(r: &AnyRow) -> Result<VideoView> {
         width: r.try_get("width")?,
         height: r.try_get("height")?,
         codec: r.try_get("codec")?,
+        start_time_s: r.try_get("start_time_s")?,
+        stream_frames: r.try_get("stream_frames")?,
         file_path: r.try_get("file_path")?,
         frames_dir: r.try_get("frames_dir")?,
         manifest_path: r.try_get("manifest_path")?,

@@ -157,7 +157,18 @@ fn validate_result(stage: Stage, dir: &str, r: &StageResult) -> Result<()> {
         }
     };
     match r {
-        StageResult::Download { file_path, sha256, size_bytes, duration_s, fps, width, height, codec } => {
+        StageResult::Download {
+            file_path,
+            sha256,
+            size_bytes,
+            duration_s,
+            fps,
+            width,
+            height,
+            codec,
+            start_time_s,
+            stream_frames,
+        } => {
             path_ok("file_path", file_path)?;
             if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                 return Err(StoreError::invalid("invalid_result", "sha256 must be 64 lowercase hex digits"));
@@ -172,6 +183,12 @@ fn validate_result(stage: Stage, dir: &str, r: &StageResult) -> Result<()> {
                 if let Some(v) = v {
                     nonneg(f, *v)?;
                 }
+            }
+            if start_time_s.is_some_and(|x| !x.is_finite()) {
+                return Err(StoreError::invalid("invalid_result", "start_time_s must be a finite number"));
+            }
+            if let Some(n) = stream_frames {
+                nonneg("stream_frames", *n)?;
             }
             if codec.as_ref().is_some_and(|c| c.len() > 64) {
                 return Err(StoreError::invalid("invalid_result", "codec is longer than 64 characters"));

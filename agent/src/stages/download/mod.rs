@@ -62,6 +62,8 @@ pub async fn run(
         width: info.width,
         height: info.height,
         codec: info.codec,
+        start_time_s: info.start_time_s,
+        stream_frames: info.frame_count,
     })
 }
 
