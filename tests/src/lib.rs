@@ -4,6 +4,29 @@
 //! `DATAMINER_TEST_PG_URL` (an admin URL) or, when unset, from the private server that
 //! `scripts/test-postgres.sh` starts.
 
+/// Generates `sqlite::<case>` and `postgres::<case>` tests for each listed case.
+#[macro_export]
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(dataminer_tests::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(dataminer_tests::Db::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 pub mod media;
 pub mod server;
 
