@@ -13,6 +13,7 @@ both!(
     same_url_is_one_video,
     joining_after_extraction_filters_at_once,
     identical_content_is_extracted_once,
+    copy_completing_while_its_content_is_extracted_is_never_stranded,
     failed_video_joining_a_project_fails_it_and_retry_recovers,
 );
 
@@ -290,5 +291,32 @@ async fn failed_video_joining_a_project_fails_it_and_retry_recovers(db: Db) {
     app.complete_ok(&t, &result_for(&t, 5, 0)).await;
     let filters = app.lease(agent, &[Stage::Filter], 5, 1_000).await;
     assert_eq!(filters.len(), 2, "both projects filter the recovered video");
+    app.stop().await;
+}
+
+/// The canonical video's extract and an identical copy's download complete at the same
+/// moment: whichever commits first, the copy must end EXTRACTED (on PostgreSQL the two
+/// transactions could miss each other before the canonical row was locked; found by the
+/// end-to-end suite).
+async fn copy_completing_while_its_content_is_extracted_is_never_stranded(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_project("p").await;
+    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    for round in 0..25u64 {
+        let urls = [format!("https://a.example.com/{round}.mp4"), format!("https://b.example.com/{round}.mp4")];
+        let v = app.submit(&[urls[0].as_str(), urls[1].as_str()], &["p"]).await;
+        let d = app.lease(agent, &[Stage::Download], 2, 1_000).await;
+        assert_eq!(d.len(), 2);
+        let (first, second) = if d[0].input.video_id == v[0].id { (&d[0], &d[1]) } else { (&d[1], &d[0]) };
+        let content = 1000 + round;
+        app.complete_ok(first, &result_for(first, content, 0)).await;
+        let ex = app.lease_one(agent, Stage::Extract).await;
+        let (extracted, downloaded) = (result_for(&ex, content, 0), result_for(second, content, 0));
+        let (r1, r2) = tokio::join!(app.complete(&ex, &extracted), app.complete(second, &downloaded));
+        assert_eq!((r1.status(), r2.status()), (StatusCode::OK, StatusCode::OK));
+        let copy = app.video(v[1].id).await;
+        assert_eq!(copy.video.state, VideoState::Extracted, "round {round}: copy stranded: {:?}", copy.video);
+        assert_eq!(copy.video.frames_dir, app.video(v[0].id).await.video.frames_dir);
+    }
     app.stop().await;
 }

@@ -60,6 +60,18 @@ impl Backend {
         }
     }
 
+    /// Locks the canonical-content candidates a download completion links to. On PostgreSQL
+    /// a concurrent extract completion of the canonical video either finishes first (and this
+    /// read waits for it and sees `EXTRACTED`) or waits for this transaction (and its
+    /// following statement sees the new copy waiting): without the lock both can miss each
+    /// other and the copy waits forever. SQLite's single writer already orders them.
+    pub(crate) fn lock_rows(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// Claims concurrency keys for the rest of the transaction without waiting and returns
     /// those that are not available. PostgreSQL takes a transaction-scoped advisory lock per
     /// key (busy → another lease transaction is claiming it right now) and then looks for a

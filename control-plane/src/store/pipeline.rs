@@ -372,8 +372,9 @@ async fn apply_downloads(
     q.execute(&mut **tx).await?;
     let sql = format!(
         "SELECT id, sha256, state, frames_dir, manifest_path, frame_count FROM videos \
-         WHERE sha256 IN ({}) AND content_of IS NULL AND state NOT IN ('FAILED', 'CANCELLED') ORDER BY id",
-        placeholders(1, shas.len())
+         WHERE sha256 IN ({}) AND content_of IS NULL AND state NOT IN ('FAILED', 'CANCELLED') ORDER BY id{}",
+        placeholders(1, shas.len()),
+        store.backend().lock_rows()
     );
     let mut q = sqlx::query(&sql);
     for s in &shas {
