@@ -16,6 +16,7 @@ both!(
     kill_9_agent_holding_leases,
     sigterm_mid_task_releases_at_once,
     user_cancel_stops_the_running_task,
+    sigterm_mid_extract_kills_ffmpeg_and_releases,
     lost_lease_stops_the_task
 );
 
@@ -144,6 +145,45 @@ async fn wait_for_metric(a: &crate::harness::Agent, line: &str) {
         assert!(Instant::now() < deadline, "metric {line:?} never appeared:\n{}", a.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn sigterm_mid_extract_kills_ffmpeg_and_releases(db: Db) {
+    let e = env(db, |c| c.lease_ttl_ms = 60_000).await;
+    // Every frame at the best quality: a few seconds of ffmpeg work.
+    e.project("p", json!({"interval_frames": 1, "jpeg_quality": 100})).await;
+    let mut a = e.agent("extractor", &[("DATAMINER_SHUTDOWN_GRACE_S", "0")]).await;
+    let id = e.submit(&[e.media.url("heavy.mp4")], "p").await[0].id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attempt_dir = loop {
+        let d = e.app.video(id).await;
+        let running = d.tasks.iter().find(|t| {
+            t.stage == Stage::Extract
+                && t.state == TaskState::Leased
+                && t.progress.as_ref().and_then(|p| p["frames"].as_u64()).unwrap_or(0) > 0
+        });
+        if let Some(t) = running {
+            // With the data root: the other backend's copy of this test uses the same ids.
+            break format!("{}/frames_raw/{id}/{}.", e.data.0.display(), t.id);
+        }
+        assert!(Instant::now() < deadline, "extract never ran:\n{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ffmpeg_running = || {
+        let out = std::process::Command::new("pgrep").args(["-f", &attempt_dir]).output().expect("pgrep");
+        !out.stdout.is_empty()
+    };
+    assert!(ffmpeg_running(), "ffmpeg should be writing into {attempt_dir}");
+    a.signal("TERM");
+    let st = tokio::time::timeout(Duration::from_secs(15), a.child.wait()).await.expect("exits").expect("wait");
+    assert!(st.success(), "{}", a.log_text());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!ffmpeg_running(), "ffmpeg survived the agent's shutdown");
+    let d = e.app.video(id).await;
+    let t = d.tasks.iter().find(|t| t.stage == Stage::Extract).expect("extract task");
+    assert_eq!((t.state, t.attempts), (TaskState::Queued, 0), "released, not counted");
+    let leftovers = std::fs::read_dir(e.data.0.join(format!("frames_raw/{id}"))).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "the stopped attempt's partial frames are removed");
+    e.app.stop().await;
 }
 
 async fn user_cancel_stops_the_running_task(db: Db) {

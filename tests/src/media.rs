@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Bump when a recipe changes, so a stale set is not reused.
-const RECIPES: u32 = 4;
+const RECIPES: u32 = 5;
 
 /// Directory holding every fixture, generated once per machine and recipe version (into a
 /// private directory renamed into place, so concurrent test processes never see half a set).
@@ -133,6 +133,8 @@ fn generate(d: &Path) {
     video("slow.mp4", &src("320x240", "10", "8"), &["-g", "1"]);
     // Sound only: no video stream.
     ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", &p("audio-only.mp4")]);
+    // A heavier clip for stopping an agent mid-extract: 1280x720, 10 s at 30 fps.
+    video("heavy.mp4", &src("1280x720", "30", "10"), &[]);
     std::fs::write(d.join("not-a-video.mp4"), b"<html>this is not a video</html>").expect("write");
     std::fs::write(d.join("live.m3u8"), b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n").expect("write");
 }
