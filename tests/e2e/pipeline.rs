@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::harness::env;
 
-both!(interval_frames_over_many_sources);
+both!(interval_frames_over_many_sources, full_disk_is_retryable_until_attempts_run_out);
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -119,5 +119,21 @@ async fn interval_frames_over_many_sources(db: Db) {
     let m = agent.metrics_text().await;
     assert!(m.contains("dataminer_agent_tasks_total{outcome=\"succeeded\",stage=\"extract\"} 4"), "{m}");
     assert!(m.contains("dataminer_agent_tasks_total{outcome=\"failed_fatal\",stage=\"download\"} 7"), "{m}");
+    e.app.stop().await;
+}
+
+async fn full_disk_is_retryable_until_attempts_run_out(db: Db) {
+    let e = env(db, |c| c.max_attempts = 3).await;
+    // An agent that must keep more free space than any disk has.
+    let agent = e.agent("full", &[("DATAMINER_MIN_FREE_BYTES", "1000000000000000000")]).await;
+    e.project("p", json!({})).await;
+    let id = e.submit(&[e.media.url("cfr10.mp4")], "p").await[0].id;
+    let done = e.settle(&[id], SETTLE, &[&agent]).await;
+    let v = &done[0].video;
+    assert_eq!(v.state, VideoState::Failed);
+    assert!(v.error.as_deref().is_some_and(|m| m.contains("not enough free space")), "{:?}", v.error);
+    let t = done[0].tasks.iter().find(|t| t.stage.as_str() == "download").expect("download task");
+    assert_eq!(t.attempts, 3, "a full disk is retried (another node may have room)");
+    assert!(e.media.gets("cfr10.mp4").len() <= 3);
     e.app.stop().await;
 }
