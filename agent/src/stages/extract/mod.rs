@@ -59,8 +59,10 @@ pub async fn run(
         None
     };
     let start = early.as_ref().and_then(|i| i.start_time_s).unwrap_or(0.0);
-    // Room for the frames: at most 1000 frames of 0.5 byte per pixel of 1080p, checked up front.
-    let frames = settings.max_frames_per_video.min(1000) as u64;
+    // Room for the frames, checked up front: 100 frames of 0.5 byte per pixel of 1080p
+    // (~100 MB) on top of the configured reserve; a disk that fills later fails the run
+    // retryably through ffmpeg's "No space left on device".
+    let frames = settings.max_frames_per_video.min(100) as u64;
     ensure_free_space(cfg, attempt_dir, frames * 1920 * 1080 / 2)?;
     let plan = plan::plan(&settings, start);
 
