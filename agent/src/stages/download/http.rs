@@ -310,7 +310,8 @@ impl reqwest::dns::Resolve for NoResolve {
     }
 }
 
-fn guard_error(e: GuardError) -> TaskError {
+/// A refused target is fatal; a name that did not resolve may resolve on another attempt.
+pub(crate) fn guard_error(e: GuardError) -> TaskError {
     match e {
         GuardError::Refused { .. } => TaskError::fatal(e.to_string()),
         GuardError::Resolve { .. } => TaskError::retryable(e.to_string()),

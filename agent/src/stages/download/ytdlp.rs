@@ -43,10 +43,7 @@ pub async fn fetch(
             "{host} is not on this agent's platform allow-list; yt-dlp is not run for it"
         )));
     }
-    ctx.guard.check(url).await.map_err(|e| match e {
-        super::guard::GuardError::Refused { .. } => TaskError::fatal(e.to_string()),
-        super::guard::GuardError::Resolve { .. } => TaskError::retryable(e.to_string()),
-    })?;
+    ctx.guard.check(url).await.map_err(super::http::guard_error)?;
     super::super::ensure_free_space(cfg, dir, 0)?;
     let template = dir.join("video.%(ext)s");
     let mut cmd = tokio::process::Command::new(&cfg.ytdlp);
