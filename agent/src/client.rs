@@ -13,6 +13,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::error::error_chain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Connection refused, reset, timed out, or a 5xx: the control plane may be back soon.
@@ -64,13 +66,13 @@ impl ControlPlane {
         if let Some(extra) = extra_timeout {
             req = req.timeout(extra + Duration::from_secs(10));
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable(describe(&e)))?;
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable(error_chain(&e)))?;
         let status = resp.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
         if status.is_success() {
-            return resp.json::<R>().await.map(Some).map_err(|e| ClientError::Unreachable(describe(&e)));
+            return resp.json::<R>().await.map(Some).map_err(|e| ClientError::Unreachable(error_chain(&e)));
         }
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(ClientError::Unreachable(format!("{path}: HTTP {status}")));
@@ -139,16 +141,4 @@ impl ControlPlane {
         let body = ReleaseRequest { lease_token };
         self.call::<_, serde_json::Value>(&format!("/v1/tasks/{task_id}/release"), &body, None).await.map(|_| ())
     }
-}
-
-/// reqwest's Display hides the cause (e.g. "connection refused"); include the chain.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

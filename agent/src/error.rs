@@ -43,6 +43,19 @@ impl TaskError {
     }
 }
 
+/// An error with its causes (`a: b: c`): reqwest's Display hides the cause that matters,
+/// e.g. "connection refused".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 /// ENOSPC, EDQUOT, interrupted and timed-out operations, and connection failures.
 pub fn is_transient_io(e: &io::Error) -> bool {
     use io::ErrorKind::*;

@@ -70,8 +70,15 @@ impl Health {
             .all(|t| now.saturating_sub(t) <= limit)
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.registered.load(Ordering::Relaxed) && self.reachable.load(Ordering::Relaxed)
+    /// Ready, or why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.registered.load(Ordering::Relaxed) {
+            Err("not registered with the control plane")
+        } else if !self.reachable.load(Ordering::Relaxed) {
+            Err("control plane unreachable")
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -97,11 +104,10 @@ async fn healthz(State(c): State<Ctx>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn readyz(State(c): State<Ctx>) -> (StatusCode, &'static str) {
-    match (c.health.registered.load(Ordering::Relaxed), c.health.reachable.load(Ordering::Relaxed)) {
-        (true, true) => (StatusCode::OK, "ready\n"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not registered with the control plane\n"),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "control plane unreachable\n"),
+async fn readyz(State(c): State<Ctx>) -> (StatusCode, String) {
+    match c.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
@@ -129,9 +135,9 @@ mod tests {
         assert!(!h.is_live(), "one loop that stopped ticking must turn /healthz red");
         h.tick(Stage::Extract);
         assert!(h.is_live());
-        assert!(!h.is_ready());
+        assert_eq!(h.readiness(), Err("not registered with the control plane"));
         h.set_registered(true);
         h.set_reachable(true);
-        assert!(h.is_ready());
+        assert_eq!(h.readiness(), Ok(()));
     }
 }

@@ -242,11 +242,10 @@ impl Worker {
         let time_limit = Duration::from_millis(task.time_limit_ms.max(1));
         // The stage runs as its own task so that a panic in it becomes a failure report
         // instead of a lease held until it expires; aborting it drops (and kills) its children.
-        let work = {
+        let mut work = {
             let (ctx, t, p, c) = (self.ctx.clone(), task.clone(), progress.clone(), cancel.clone());
             tokio::spawn(async move { stages::run(&ctx, &t, p, c).await })
         };
-        let mut work = work;
         let outcome = tokio::select! {
             r = &mut work => r.unwrap_or_else(|e| Err(TaskError::retryable(format!("internal error in the {stage} stage: {e}")))),
             _ = hard_stop.cancelled() => {
@@ -412,7 +411,7 @@ impl Worker {
                     )
                     .await;
                     if let Ok(d) = stages::data_path(&self.config().data_root, &task.attempt_dir) {
-                        let _ = std::fs::remove_dir_all(d);
+                        cleanup_failed_attempt(task.stage, &d, false);
                     }
                     return "failed_fatal";
                 }
@@ -498,14 +497,7 @@ fn cleanup_failed_attempt(stage: Stage, dir: &std::path::Path, keep_partial: boo
 /// Once an attempt is accepted, the directories of the same task's other attempts (lost
 /// leases, orphans) are abandoned for good.
 fn remove_sibling_attempts(dir: &std::path::Path, task_id: i64) {
-    let (Some(parent), Some(own)) = (dir.parent(), dir.file_name()) else { return };
-    let prefix = format!("{task_id}.");
-    if let Ok(entries) = std::fs::read_dir(parent) {
-        for e in entries.flatten() {
-            let n = e.file_name();
-            if n != own && n.to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+    for d in stages::files::sibling_attempts(dir, task_id) {
+        let _ = std::fs::remove_dir_all(d);
     }
 }

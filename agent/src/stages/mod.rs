@@ -5,6 +5,7 @@
 
 pub mod download;
 pub mod extract;
+pub mod files;
 pub mod probe;
 
 use std::path::{Component, Path, PathBuf};

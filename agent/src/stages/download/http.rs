@@ -6,7 +6,7 @@
 //! `If-Range` (a strong ETag or Last-Modified); a server that ignores the range, or content
 //! that changed, makes it start over.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::guard::{redact, CheckedTarget, GuardError};
+use crate::error::error_chain;
 use crate::error::TaskError;
+use crate::stages::files::{hash_into, hex, write_atomic};
 use crate::stages::{ensure_free_space, Progress, StageContext};
 
 pub const PART: &str = "video.part";
@@ -219,27 +221,17 @@ fn write_and_hash(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let file = if offset > 0 {
-        let mut f = std::fs::File::open(part).map_err(|e| TaskError::io("open partial download", e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = offset;
-        while left > 0 {
-            let n = f.read(&mut buf).map_err(|e| TaskError::io("read partial download", e))?;
-            if n == 0 {
-                return Err(TaskError::retryable("partial download is shorter than its recorded length"));
-            }
-            let n = n.min(left as usize);
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-            size += n as u64;
-        }
-        let f = std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(part)
             .map_err(|e| TaskError::io("open partial download", e))?;
+        size = hash_into(&mut (&f).take(offset), &mut hasher).map_err(|e| TaskError::io("read partial download", e))?;
+        if size != offset {
+            return Err(TaskError::retryable("partial download is shorter than its recorded length"));
+        }
         f.set_len(offset).map_err(|e| TaskError::io("truncate partial download", e))?;
-        let mut f = f;
-        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset))
-            .map_err(|e| TaskError::io("seek partial download", e))?;
+        f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| TaskError::io("seek partial download", e))?;
         f
     } else {
         std::fs::File::create(part).map_err(|e| TaskError::io("create download file", e))?
@@ -253,10 +245,6 @@ fn write_and_hash(
     let f = w.into_inner().map_err(|e| TaskError::io("write download", e.into_error()))?;
     f.sync_data().map_err(|e| TaskError::io("sync download", e))?;
     Ok((hex(&hasher.finalize()), size))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The resumable prefix left in `dir` for this URL, if any.
@@ -319,13 +307,7 @@ pub(crate) fn guard_error(e: GuardError) -> TaskError {
 }
 
 fn network_error(url: &Url, e: &reqwest::Error) -> TaskError {
-    let mut s = format!("network error fetching {}: {e}", redact(url));
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
+    let s = format!("network error fetching {}: {}", redact(url), error_chain(e));
     if e.is_builder() {
         TaskError::fatal(s)
     } else {
@@ -349,12 +331,6 @@ fn extension(url: &Url, content_type: Option<&str>) -> &'static str {
         Some("video/mp2t") => "ts",
         _ => "bin",
     }
-}
-
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

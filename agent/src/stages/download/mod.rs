@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::error::TaskError;
-use crate::stages::{probe, relative_to_root, Progress, StageContext};
+use crate::stages::{files, probe, relative_to_root, Progress, StageContext};
 
 pub async fn run(
     ctx: &StageContext,
@@ -71,20 +71,12 @@ pub async fn run(
 /// (a sibling `<task_id>.<token>` directory) into `attempt_dir`, and removes that directory.
 /// A partial written to within `quiet` is left alone: its writer may still be running.
 fn adopt_partial(attempt_dir: &Path, task_id: i64, quiet: Duration) {
-    let (Some(parent), Some(own)) = (attempt_dir.parent(), attempt_dir.file_name()) else { return };
-    let prefix = format!("{task_id}.");
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
     let mut best: Option<(u64, std::path::PathBuf)> = None;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if name == own || !name.to_string_lossy().starts_with(&prefix) {
-            continue;
-        }
-        let part = e.path().join(http::PART);
-        let Ok(md) = std::fs::metadata(&part) else { continue };
+    for dir in files::sibling_attempts(attempt_dir, task_id) {
+        let Ok(md) = std::fs::metadata(dir.join(http::PART)) else { continue };
         let quiet_enough = md.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= quiet);
-        if quiet_enough && e.path().join(http::PART_META).is_file() && best.as_ref().is_none_or(|b| md.len() > b.0) {
-            best = Some((md.len(), e.path()));
+        if quiet_enough && dir.join(http::PART_META).is_file() && best.as_ref().is_none_or(|b| md.len() > b.0) {
+            best = Some((md.len(), dir));
         }
     }
     let Some((len, dir)) = best else { return };

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::guard::redact;
-use super::http::hex;
 use crate::error::TaskError;
+use crate::stages::files::{hash_into, hex};
 use crate::stages::{Progress, StageContext};
 
 const PROGRESS_PREFIX: &str = "dmprogress ";
@@ -154,20 +154,10 @@ fn classify(stderr: &str, url: &Url) -> TaskError {
 }
 
 fn hash_file(path: &Path) -> Result<(String, u64), TaskError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
+    use sha2::Digest;
     let mut f = std::fs::File::open(path).map_err(|e| TaskError::io("open downloaded file", e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| TaskError::io("read downloaded file", e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
+    let mut h = sha2::Sha256::new();
+    let size = hash_into(&mut f, &mut h).map_err(|e| TaskError::io("read downloaded file", e))?;
     Ok((hex(&h.finalize()), size))
 }
 

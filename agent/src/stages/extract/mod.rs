@@ -21,7 +21,7 @@ use ffmpeg_sidecar::log_parser::FfmpegLogParser;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::TaskError;
-use crate::stages::download::http::write_atomic;
+use crate::stages::files::write_atomic;
 use crate::stages::{data_path, ensure_free_space, probe, relative_to_root, Progress, StageContext};
 use manifest::{frame_file_name, FrameEntry, Manifest, SourceFacts};
 use showinfo::Taps;
