@@ -10,7 +10,7 @@ use dataminer_wire::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::process::start_control_plane;
+use crate::process::{register_at, start_control_plane};
 
 both!(sigterm_stops_cleanly_and_spans_reach_the_collector);
 
@@ -71,16 +71,7 @@ async fn sigterm_stops_cleanly_and_spans_reach_the_collector(db: Db) {
     )
     .await;
     let client = reqwest::Client::new();
-    let reg: RegisterAgentResponse = client
-        .post(format!("{}/v1/agents/register", p.base))
-        .bearer_auth(AGENT_TOKEN)
-        .json(&json!({"name": "w", "stages": ["download"], "version": "t", "protocol_version": PROTOCOL_VERSION}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let reg = register_at(&client, &p.base, "w", &[Stage::Download]).await;
     // A long poll that would wait a minute.
     let poll = {
         let client = client.clone();
@@ -149,16 +140,7 @@ async fn postgres_replicas_wake_each_others_long_polls() {
         .await
         .expect("send");
     assert!(r.status().is_success());
-    let reg: RegisterAgentResponse = client
-        .post(format!("{}/v1/agents/register", b.base))
-        .bearer_auth(AGENT_TOKEN)
-        .json(&json!({"name": "w", "stages": ["download"], "version": "t", "protocol_version": PROTOCOL_VERSION}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let reg = register_at(&client, &b.base, "w", &[Stage::Download]).await;
     for i in 0..3 {
         let poll = {
             let client = client.clone();

@@ -4,7 +4,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dataminer_tests::{AGENT_TOKEN, USER_TOKEN};
+use dataminer_wire::{RegisterAgentResponse, Stage, PROTOCOL_VERSION};
 use reqwest::StatusCode;
+use serde_json::json;
 
 pub const TTL_MS: u64 = 400;
 
@@ -48,4 +50,18 @@ pub async fn start_control_plane(db_url: Option<&str>, state_dir: &std::path::Pa
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Proc { child, base }
+}
+
+/// Registers agent `name` serving `stages` with the control plane at `base`.
+pub async fn register_at(client: &reqwest::Client, base: &str, name: &str, stages: &[Stage]) -> RegisterAgentResponse {
+    client
+        .post(format!("{base}/v1/agents/register"))
+        .bearer_auth(AGENT_TOKEN)
+        .json(&json!({"name": name, "stages": stages, "version": "t", "protocol_version": PROTOCOL_VERSION}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json")
 }

@@ -33,7 +33,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::process::{start_control_plane, TTL_MS};
+use crate::process::{register_at, start_control_plane, TTL_MS};
 
 both!(lease_history_is_safe);
 
@@ -110,16 +110,7 @@ async fn lease_history_is_safe(db: Db) {
         let history = history.clone();
         let done = done.clone();
         workers.push(tokio::spawn(async move {
-            let reg: RegisterAgentResponse = client
-                .post(format!("{base}/v1/agents/register"))
-                .bearer_auth(AGENT_TOKEN)
-                .json(&json!({"name": format!("w{w}"), "stages": Stage::ALL, "version": "t", "protocol_version": PROTOCOL_VERSION}))
-                .send()
-                .await
-                .expect("register")
-                .json()
-                .await
-                .expect("json");
+            let reg = register_at(&client, &base, &format!("w{w}"), &Stage::ALL).await;
             while !done.is_cancelled() {
                 let sent = Instant::now();
                 let r = client
