@@ -321,6 +321,9 @@ pub struct TaskView {
     pub state: TaskState,
     pub video_id: i64,
     pub project: Option<String>,
+    /// Extract tasks: the extraction (content × settings) they produce.
+    #[serde(default)]
+    pub extraction_id: Option<i64>,
     pub attempts: u32,
     pub max_attempts: u32,
     pub priority: i64,
