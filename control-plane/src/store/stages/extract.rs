@@ -293,6 +293,12 @@ pub(crate) async fn cancel_for_video(store: &Store, tx: &mut Tx, video_id: i64, 
         .transpose()?;
         match other {
             Some((source, priority)) => {
+                // The copies no longer depend on the cancelled video's file.
+                sqlx::query("UPDATE videos SET content_of = NULL, updated_at = $1 WHERE content_of = $2")
+                    .bind(now)
+                    .bind(video_id)
+                    .execute(&mut **tx)
+                    .await?;
                 sqlx::query("UPDATE extractions SET state = 'PENDING', video_id = $1, updated_at = $2 WHERE id = $3")
                     .bind(source)
                     .bind(now)
