@@ -3,6 +3,7 @@
 
 mod auth;
 mod errors;
+mod extractions;
 mod leases;
 mod lifecycle;
 mod ops;
