@@ -12,9 +12,11 @@ both!(projects_share_extractions_only_with_equal_settings);
 
 async fn project_with(app: &TestApp, name: &str, extract: serde_json::Value) {
     let body = json!({"name": name, "config": {"extract": extract, "filter": {"positive_prompts": ["a door"]}}});
-    let _: ProjectView =
-        expect_json(app.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send"), StatusCode::CREATED)
-            .await;
+    let _: ProjectView = expect_json(
+        app.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send"),
+        StatusCode::CREATED,
+    )
+    .await;
 }
 
 fn extract_tasks(d: &VideoDetail) -> usize {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod errors;
+mod expiry;
 mod extractions;
 mod leases;
 mod lifecycle;

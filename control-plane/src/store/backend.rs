@@ -153,9 +153,12 @@ pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                // The database refuses new connections (ALLOW_CONNECTIONS false, maintenance).
+                || (c == "55000" && db.message().contains("not currently accepting connections"))
+        }),
         _ => false,
     }
 }
