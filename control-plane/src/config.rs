@@ -26,6 +26,8 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// The options are global: `control-plane --listen A serve` and `control-plane serve --listen A`
+/// mean the same, and every subcommand's `--help` lists them.
 #[derive(Debug, Parser)]
 #[command(name = "control-plane", version, about = "dataminer control plane: job store, lease protocol and REST API")]
 pub struct Cli {
@@ -54,70 +56,71 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on. Without tokens it must be a loopback address.
-    #[arg(long, env = "DATAMINER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, global = true, env = "DATAMINER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// PostgreSQL URL (postgres://…). Without it the embedded SQLite file is used.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, global = true, env = "DATABASE_URL")]
     pub database_url: Option<Secret>,
     /// PostgreSQL connection pool size per replica.
-    #[arg(long, env = "DATAMINER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, global = true, env = "DATAMINER_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// How long a request waits for a PostgreSQL connection before it is answered 503
     /// `database_unavailable` (with Retry-After).
     #[arg(long, env = "DATAMINER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_acquire_timeout_ms: u64,
     /// Directory of the embedded SQLite database (a local disk, never a network filesystem).
-    #[arg(long, env = "DATAMINER_STATE_DIR", default_value = "data")]
+    #[arg(long, global = true, env = "DATAMINER_STATE_DIR", default_value = "data")]
     pub state_dir: PathBuf,
     /// Bearer token for user routes (projects, videos, status).
-    #[arg(long, env = "DATAMINER_USER_TOKEN")]
+    #[arg(long, global = true, env = "DATAMINER_USER_TOKEN")]
     pub user_token: Option<Secret>,
     /// Bearer token for agent routes (register, lease, heartbeat, complete, fail, release).
-    #[arg(long, env = "DATAMINER_AGENT_TOKEN")]
+    #[arg(long, global = true, env = "DATAMINER_AGENT_TOKEN")]
     pub agent_token: Option<Secret>,
     /// A lease lasts this long unless a heartbeat extends it.
-    #[arg(long, env = "DATAMINER_LEASE_TTL_MS", default_value_t = 30_000)]
+    #[arg(long, global = true, env = "DATAMINER_LEASE_TTL_MS", default_value_t = 30_000)]
     pub lease_ttl_ms: u64,
     /// How often the reaper looks for expired leases.
-    #[arg(long, env = "DATAMINER_REAPER_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(long, global = true, env = "DATAMINER_REAPER_INTERVAL_MS", default_value_t = 1_000)]
     pub reaper_interval_ms: u64,
     /// The longest a lease request may wait for work (long poll).
-    #[arg(long, env = "DATAMINER_MAX_LEASE_WAIT_MS", default_value_t = 30_000)]
+    #[arg(long, global = true, env = "DATAMINER_MAX_LEASE_WAIT_MS", default_value_t = 30_000)]
     pub max_lease_wait_ms: u64,
     /// Waiting lease requests re-check the queue at least this often (covers lost notifications).
-    #[arg(long, env = "DATAMINER_POLL_FALLBACK_MS", default_value_t = 2_000)]
+    #[arg(long, global = true, env = "DATAMINER_POLL_FALLBACK_MS", default_value_t = 2_000)]
     pub poll_fallback_ms: u64,
     /// Attempts before a task is dead.
-    #[arg(long, env = "DATAMINER_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, global = true, env = "DATAMINER_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
     /// First retry backoff; doubles per attempt, with jitter in [0.5, 1]×.
-    #[arg(long, env = "DATAMINER_RETRY_BASE_MS", default_value_t = 1_000)]
+    #[arg(long, global = true, env = "DATAMINER_RETRY_BASE_MS", default_value_t = 1_000)]
     pub retry_base_ms: u64,
-    #[arg(long, env = "DATAMINER_RETRY_MAX_MS", default_value_t = 300_000)]
+    #[arg(long, global = true, env = "DATAMINER_RETRY_MAX_MS", default_value_t = 300_000)]
     pub retry_max_ms: u64,
     /// Hard run-time limit of a download attempt, seconds.
-    #[arg(long, env = "DATAMINER_TIME_LIMIT_DOWNLOAD_S", default_value_t = 3_600)]
+    #[arg(long, global = true, env = "DATAMINER_TIME_LIMIT_DOWNLOAD_S", default_value_t = 3_600)]
     pub time_limit_download_s: u64,
-    #[arg(long, env = "DATAMINER_TIME_LIMIT_EXTRACT_S", default_value_t = 3_600)]
+    #[arg(long, global = true, env = "DATAMINER_TIME_LIMIT_EXTRACT_S", default_value_t = 3_600)]
     pub time_limit_extract_s: u64,
-    #[arg(long, env = "DATAMINER_TIME_LIMIT_FILTER_S", default_value_t = 7_200)]
+    #[arg(long, global = true, env = "DATAMINER_TIME_LIMIT_FILTER_S", default_value_t = 7_200)]
     pub time_limit_filter_s: u64,
-    #[arg(long, env = "DATAMINER_TIME_LIMIT_DEDUP_S", default_value_t = 7_200)]
+    #[arg(long, global = true, env = "DATAMINER_TIME_LIMIT_DEDUP_S", default_value_t = 7_200)]
     pub time_limit_dedup_s: u64,
-    #[arg(long, env = "DATAMINER_TIME_LIMIT_DETECT_S", default_value_t = 7_200)]
+    #[arg(long, global = true, env = "DATAMINER_TIME_LIMIT_DETECT_S", default_value_t = 7_200)]
     pub time_limit_detect_s: u64,
     /// An agent seen within this window counts as alive.
-    #[arg(long, env = "DATAMINER_AGENT_ALIVE_MS", default_value_t = 60_000)]
+    #[arg(long, global = true, env = "DATAMINER_AGENT_ALIVE_MS", default_value_t = 60_000)]
     pub agent_alive_ms: u64,
     /// Largest accepted request body (413 above).
-    #[arg(long, env = "DATAMINER_BODY_LIMIT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, global = true, env = "DATAMINER_BODY_LIMIT_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub body_limit_bytes: usize,
     /// Most URLs in one submission.
-    #[arg(long, env = "DATAMINER_MAX_URLS_PER_REQUEST", default_value_t = 10_000)]
+    #[arg(long, global = true, env = "DATAMINER_MAX_URLS_PER_REQUEST", default_value_t = 10_000)]
     pub max_urls_per_request: usize,
     /// Hosts (and their subdomains) downloaded with yt-dlp.
     #[arg(
         long,
+        global = true,
         env = "DATAMINER_PLATFORM_HOSTS",
         value_delimiter = ',',
         default_value = "youtube.com,youtu.be,vimeo.com,dailymotion.com,twitch.tv,tiktok.com"
@@ -125,17 +128,20 @@ pub struct Config {
     pub platform_hosts: Vec<String>,
     /// Exact host:port pairs that may be submitted although not globally routable (tests,
     /// on-prem sources). Empty by default.
-    #[arg(long, env = "DATAMINER_ALLOW_HOSTS", value_delimiter = ',')]
+    #[arg(long, global = true, env = "DATAMINER_ALLOW_HOSTS", value_delimiter = ',')]
     pub allow_hosts: Vec<String>,
-    #[arg(long, env = "DATAMINER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, global = true, env = "DATAMINER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
     /// OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318); export is off without it.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// On SIGTERM, in-flight requests get this long to finish.
-    #[arg(long, env = "DATAMINER_SHUTDOWN_GRACE_S", default_value_t = 10)]
+    #[arg(long, global = true, env = "DATAMINER_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
 }
+
+/// Shorter bearer tokens are refused at start (guessable).
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 impl Config {
     /// Every problem with this configuration; the server refuses to start on any.
@@ -152,8 +158,13 @@ impl Config {
                 }
             }
             (Some(u), Some(a)) => {
-                if u.0.len() < 16 || a.0.len() < 16 {
-                    p.push("tokens must be at least 16 characters".into());
+                for (name, t) in [("DATAMINER_USER_TOKEN", u), ("DATAMINER_AGENT_TOKEN", a)] {
+                    if t.0.chars().count() < MIN_TOKEN_CHARS {
+                        p.push(format!(
+                            "{name} (--{}) must be at least {MIN_TOKEN_CHARS} characters, e.g. `openssl rand -hex 24`",
+                            name.trim_start_matches("DATAMINER_").to_ascii_lowercase().replace('_', "-")
+                        ));
+                    }
                 }
                 if u == a {
                     p.push("the user and agent tokens must differ".into());
@@ -250,5 +261,48 @@ impl Config {
     /// Defaults as if no flag or variable were given (for tests and embedding).
     pub fn defaults() -> Self {
         Cli::parse_from(["control-plane"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn options_belong_to_every_subcommand() {
+        for args in [
+            &["control-plane", "serve", "--listen", "0.0.0.0:9000", "--max-attempts", "7"][..],
+            &["control-plane", "--listen", "0.0.0.0:9000", "serve", "--max-attempts", "7"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(matches!(cli.command, Some(Command::Serve)));
+            assert_eq!(cli.config.listen, "0.0.0.0:9000".parse().expect("addr"));
+            assert_eq!(cli.config.max_attempts, 7);
+        }
+        let cli = Cli::try_parse_from(["control-plane", "migrate", "--state-dir", "/tmp/x"]).expect("migrate");
+        assert_eq!(cli.config.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn serve_help_lists_the_options() {
+        let help = match Cli::try_parse_from(["control-plane", "serve", "--help"]) {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+            other => panic!("expected help, got {other:?}"),
+        };
+        for flag in ["--listen", "--database-url", "--user-token", "--body-limit-bytes", "DATAMINER_LISTEN"] {
+            assert!(help.contains(flag), "{flag} missing from `serve --help`:\n{help}");
+        }
+    }
+
+    #[test]
+    fn short_tokens_are_refused_with_the_minimum() {
+        let mut c = Config::defaults();
+        c.user_token = Some(Secret("short".into()));
+        c.agent_token = Some(Secret("agent-token-0123456789".into()));
+        let e = c.validate().expect_err("a 5-character token");
+        assert!(e.contains("DATAMINER_USER_TOKEN") && e.contains("at least 16 characters"), "{e}");
+        assert!(!e.contains("DATAMINER_AGENT_TOKEN"), "{e}");
     }
 }

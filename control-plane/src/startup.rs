@@ -96,7 +96,8 @@ impl Application {
         let app = http::app(state);
         let grace = Duration::from_secs(config.shutdown_grace_s);
         let stop = shutdown.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        let server = axum::serve(http::listener::JsonErrorListener(listener), app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
         let result = tokio::select! {
             r = server => r.map_err(StartError::Serve),
             // In-flight requests get `grace` after the signal; then we stop waiting.

@@ -1,12 +1,20 @@
 //! Bad input gets a clear error in the one error shape and changes nothing: malformed JSON,
-//! unknown fields, oversized bodies, invalid and forbidden URLs, credentials, bad paging.
+//! unknown fields, oversized bodies, invalid and forbidden URLs, credentials, bad paging;
+//! errors from outside the handlers (no route, wrong method, what hyper refuses itself) have
+//! the same shape. Agent bodies ignore unknown fields (rolling upgrades), user bodies refuse them.
 
 use dataminer_tests::*;
 use dataminer_wire::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-both!(malformed_requests, url_validation_refuses_the_whole_batch, paging_limits);
+both!(
+    malformed_requests,
+    url_validation_refuses_the_whole_batch,
+    paging_limits,
+    errors_outside_the_handlers_have_the_one_shape,
+    agent_bodies_ignore_unknown_fields
+);
 
 async fn malformed_requests(db: Db) {
     let app = spawn_app_with(db, |c| c.body_limit_bytes = 4096).await;
@@ -180,4 +188,103 @@ async fn paging_limits(db: Db) {
         expect_json(app.user(Method::GET, "/v1/videos?project=zzz").send().await.expect("send"), StatusCode::OK).await;
     assert!(other.items.is_empty());
     app.stop().await;
+}
+
+async fn errors_outside_the_handlers_have_the_one_shape(db: Db) {
+    let app = spawn_app(db).await;
+    // No route: with and without a token.
+    let msg =
+        expect_error(app.user(Method::GET, "/nope").send().await.expect("send"), StatusCode::NOT_FOUND, "not_found")
+            .await;
+    assert!(msg.contains("/nope"), "{msg}");
+    expect_error(app.client.get(app.url("/v1/nope")).send().await.expect("send"), StatusCode::NOT_FOUND, "not_found")
+        .await;
+    // Wrong method: the Allow header survives.
+    let r = app.user(Method::DELETE, "/v1/projects").send().await.expect("send");
+    let allow = r.headers().get("allow").map(|v| v.to_str().expect("ascii").to_string()).unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "allow: {allow:?}");
+    let msg = expect_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    assert!(msg.contains("DELETE"), "{msg}");
+    // A 100 KB query string: hyper refuses the request line itself (414) before any router.
+    // (Sent by hand: reqwest refuses to build such a URI.)
+    let long = format!("/v1/videos?project={}", "a".repeat(100 * 1024));
+    let (status, body) = raw_get(&app, &long).await;
+    assert_eq!(status, 414, "{body}");
+    let body: ErrorBody = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(body.error.code, "uri_too_long", "{}", body.error.message);
+    // More headers than hyper parses (100): 431, also from hyper itself.
+    let mut req = app.user(Method::GET, "/v1/projects");
+    for i in 0..120 {
+        req = req.header(format!("x-filler-{i}"), "x");
+    }
+    expect_error(req.send().await.expect("send"), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large")
+        .await;
+    // The server still answers normally afterwards.
+    assert_eq!(app.user(Method::GET, "/v1/projects").send().await.expect("send").status(), StatusCode::OK);
+    app.stop().await;
+}
+
+async fn agent_bodies_ignore_unknown_fields(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_project("p").await;
+    let vid = app.submit(&["https://example.com/a.mp4"], &["p"]).await[0].id;
+    let reg = json!({"name": "w1", "stages": ["download"], "version": "next", "protocol_version": PROTOCOL_VERSION,
+                     "gpu_memory_mb": 8000});
+    let agent: RegisterAgentResponse = expect_json(
+        app.agent(Method::POST, "/v1/agents/register").json(&reg).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
+    let t = app.lease_one(agent.agent_id, Stage::Download).await;
+    // A newer agent reports a result field this control plane does not know.
+    let mut result = serde_json::to_value(result_for(&t, 1, 0)).expect("result");
+    result["audio_codec"] = json!("aac");
+    let body = json!({"lease_token": t.lease_token, "result": result, "trace_id": "abc"});
+    let done: CompleteResponse = expect_json(
+        app.agent(Method::POST, &format!("/v1/tasks/{}/complete", t.task_id)).json(&body).send().await.expect("send"),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(!done.duplicate);
+    let v = app.video(vid).await;
+    assert_eq!(v.video.state, VideoState::Downloaded);
+    assert_eq!(v.tasks[0].state, TaskState::Succeeded);
+    // A wrong type is still refused.
+    let mut bad = serde_json::to_value(result_for(&t, 1, 0)).expect("result");
+    bad["size_bytes"] = json!("big");
+    let r = app
+        .agent(Method::POST, &format!("/v1/tasks/{}/complete", t.task_id))
+        .json(&json!({"lease_token": t.lease_token, "result": bad}))
+        .send()
+        .await
+        .expect("send");
+    let msg = expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    assert!(msg.contains("result") && msg.contains("\"big\""), "{msg}");
+    // User bodies still refuse unknown fields.
+    let r = app
+        .user(Method::POST, "/v1/projects")
+        .json(&json!({"name": "q", "config": {"filter": {"positive_prompts": ["x"]}}, "colour": "red"}))
+        .send()
+        .await
+        .expect("send");
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    app.stop().await;
+}
+
+/// GET over a raw TCP connection (for requests an HTTP client library refuses to send);
+/// returns the status and the body.
+async fn raw_get(app: &TestApp, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {USER_TOKEN}\r\nconnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status in {head:?}"));
+    (status, body.to_string())
 }

@@ -6,9 +6,9 @@ use utoipa::ToSchema;
 use crate::Stage;
 
 /// `POST /v1/agents/register`. Registering again under the same name updates the record
-/// (an agent restarted on the same node keeps its identity).
+/// (an agent restarted on the same node keeps its identity). Unknown fields are ignored
+/// (a newer agent may advertise more; see `tasks`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct RegisterAgentRequest {
     /// Unique agent name (default on the agent: the hostname).
     pub name: String,

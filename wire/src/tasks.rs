@@ -1,6 +1,11 @@
 //! The task and lease protocol: stages, task states, and the bodies of lease, heartbeat,
 //! complete, fail and release. Every write to a leased task carries its `lease_token`
 //! (the fencing token); a stale token is refused with 409 and changes nothing.
+//!
+//! Agent request bodies ignore unknown fields (the control plane logs them): during a rolling
+//! upgrade a newer agent may send fields this control plane does not know yet, and the
+//! protocol promises that additive changes keep working. User-facing bodies (projects,
+//! videos) still refuse unknown fields, so a typo is an error there.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -82,7 +87,6 @@ impl TaskState {
 /// `POST /v1/leases`: ask for up to `max_tasks` tasks of `stages`, waiting up to `wait_ms`
 /// for one to become available (long poll).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     pub agent_id: i64,
     pub stages: Vec<Stage>,
@@ -168,7 +172,6 @@ pub struct TaskInput {
 
 /// `POST /v1/tasks/{id}/heartbeat`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub lease_token: i64,
     /// Free-form progress (bytes, frames, percent), shown on the task.
@@ -187,7 +190,10 @@ pub struct HeartbeatResponse {
 
 /// A stage's result, reported on completion. The variant must match the task's stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "stage", rename_all = "snake_case", deny_unknown_fields)]
+/// Unknown fields are ignored, not refused: a newer agent may report more than this control
+/// plane knows (rolling upgrades keep the protocol additive), and refusing its result would
+/// make the task dead.
+#[serde(tag = "stage", rename_all = "snake_case")]
 pub enum StageResult {
     Download {
         /// The downloaded file, inside the attempt directory.
@@ -243,7 +249,6 @@ impl StageResult {
 
 /// `POST /v1/tasks/{id}/complete`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub lease_token: i64,
     pub result: StageResult,
@@ -258,13 +263,11 @@ pub struct CompleteResponse {
 
 /// `POST /v1/tasks/complete`: several completions in one round trip (at most 64).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct BatchCompleteRequest {
     pub completions: Vec<BatchCompletion>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct BatchCompletion {
     pub task_id: i64,
     pub lease_token: i64,
@@ -289,7 +292,6 @@ pub struct BatchCompleteOutcome {
 
 /// `POST /v1/tasks/{id}/fail`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct FailRequest {
     pub lease_token: i64,
     /// What went wrong (stored as the task's last error; at most 4 KiB kept).
@@ -308,7 +310,6 @@ pub struct FailResponse {
 
 /// `POST /v1/tasks/{id}/release`: give a task back on shutdown; the attempt is not counted.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     pub lease_token: i64,
 }

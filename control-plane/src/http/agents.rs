@@ -5,7 +5,7 @@ use dataminer_wire::{AgentView, ErrorBody, RegisterAgentRequest, RegisterAgentRe
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, ApiResult, AppJson};
+use super::error::{AgentJson, ApiError, ApiResult, AppJson};
 use super::AppState;
 
 pub fn agent_router() -> OpenApiRouter<AppState> {
@@ -26,7 +26,7 @@ const MAX_NAME: usize = 253;
         (status = 422, body = ErrorBody)))]
 async fn register(
     State(s): State<AppState>,
-    AppJson(req): AppJson<RegisterAgentRequest>,
+    AgentJson(req): AgentJson<RegisterAgentRequest>,
 ) -> ApiResult<RegisterAgentResponse> {
     if req.protocol_version != PROTOCOL_VERSION {
         return Err(ApiError::bad_request(

@@ -1,12 +1,17 @@
 //! The one API error type and the extractors whose rejections use it: every non-2xx answer
 //! is `{"error": {"code", "message"}}`. 4xx messages tell the client what to fix; 5xx are
-//! opaque to the client and logged with their cause chain.
+//! opaque to the client and logged with their cause chain. Errors produced outside the
+//! handlers (the router's 404 and 405, layers) get the same shape from [`json_errors`]; those
+//! hyper answers itself, before any router, get it from [`super::listener`].
 
+use axum::body::{Body, HttpBody};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dataminer_wire::ErrorBody;
+use serde::de::DeserializeOwned;
 
 use crate::store::StoreError;
 
@@ -105,3 +110,96 @@ pub struct AppQuery<T>(pub T);
 pub struct AppPath<T>(pub T);
 
 pub type ApiResult<T> = Result<AppJson<T>, ApiError>;
+
+/// A JSON body of the agent protocol. Like [`AppJson`] (same rejections), except that fields
+/// this control plane does not know are ignored and logged instead of refused: during a
+/// rolling upgrade a newer agent may send more than we understand, and refusing its result
+/// would make the task dead.
+#[derive(Debug)]
+pub struct AgentJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AgentJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let AppJson(value) = AppJson::<serde_json::Value>::from_request(req, state).await?;
+        let mut ignored = Vec::new();
+        let mut note = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(value, &mut note);
+        let parsed = serde_path_to_error::deserialize(de).map_err(|e| {
+            ApiError::unprocessable(
+                "invalid_body",
+                format!("Failed to deserialize the JSON body into the target type: {}: {}", e.path(), e.inner()),
+            )
+        })?;
+        if !ignored.is_empty() {
+            tracing::warn!(fields = ?ignored, "ignored unknown fields in an agent request (a newer agent?)");
+        }
+        Ok(AgentJson(parsed))
+    }
+}
+
+/// The stable code of an error status that arose outside the handlers.
+pub fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        s if s.is_server_error() => "internal",
+        _ => "refused",
+    }
+}
+
+/// Paths echoed in messages are cut short: a client may send a very long one.
+fn short(path: &str) -> String {
+    const MAX: usize = 200;
+    if path.len() <= MAX {
+        return path.to_string();
+    }
+    let mut end = MAX;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
+/// The router's fallback: no route has this path.
+pub async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}", short(uri.path())))
+}
+
+/// Catch-all: an error response with an empty body (the router's 405, a layer's refusal) is
+/// rewritten into the one error shape. Its headers (`Allow`, `WWW-Authenticate`) are kept.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = short(req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || resp.body().size_hint().exact() != Some(0) {
+        return resp;
+    }
+    let (mut parts, _) = resp.into_parts();
+    let message = match status {
+        StatusCode::NOT_FOUND => format!("no route for {method} {path}"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+            format!("{method} is not allowed on {path}; allowed: {allowed}")
+        }
+        s if s.is_server_error() => "internal error; see the server log".to_string(),
+        s => s.canonical_reason().unwrap_or("request refused").to_string(),
+    };
+    let body = match serde_json::to_vec(&ErrorBody::new(code_for(status), message)) {
+        Ok(b) => b,
+        Err(_) => return Response::from_parts(parts, Body::empty()),
+    };
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}

@@ -5,6 +5,7 @@
 mod agents;
 pub mod auth;
 pub mod error;
+pub mod listener;
 mod ops;
 mod projects;
 mod tasks;
@@ -111,11 +112,14 @@ pub fn app(state: AppState) -> Router {
     let docs = ops::docs_router(api).route_layer(middleware::from_fn_with_state(state.clone(), auth::require_any));
     router
         .merge(docs)
+        .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(
             |req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
         ))
+        // Outermost, so that every error any layer or the router produces has the one shape.
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 

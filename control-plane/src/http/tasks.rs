@@ -14,7 +14,7 @@ use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, ApiResult, AppJson, AppPath, AppQuery};
+use super::error::{AgentJson, ApiError, ApiResult, AppJson, AppPath, AppQuery};
 use super::{page, page_limit, AppState, PageQuery};
 use crate::store::{StoreError, MAX_BATCH};
 
@@ -38,7 +38,7 @@ pub fn user_router() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "Possibly empty when the wait ended", body = LeaseResponse),
         (status = 409, description = "Agent not registered", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
-async fn lease(State(s): State<AppState>, AppJson(req): AppJson<LeaseRequest>) -> ApiResult<LeaseResponse> {
+async fn lease(State(s): State<AppState>, AgentJson(req): AgentJson<LeaseRequest>) -> ApiResult<LeaseResponse> {
     if req.stages.is_empty() {
         return Err(ApiError::unprocessable("invalid_lease", "stages must name at least one stage"));
     }
@@ -81,7 +81,7 @@ async fn lease(State(s): State<AppState>, AppJson(req): AppJson<LeaseRequest>) -
 async fn heartbeat(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
-    AppJson(req): AppJson<HeartbeatRequest>,
+    AgentJson(req): AgentJson<HeartbeatRequest>,
 ) -> ApiResult<HeartbeatResponse> {
     let o = s.store.heartbeat(id, req.lease_token, req.progress.as_ref()).await?;
     Ok(AppJson(HeartbeatResponse { cancelled: o.cancelled, lease_expires_in_ms: o.lease_expires_in_ms.max(0) as u64 }))
@@ -99,7 +99,7 @@ async fn heartbeat(
 async fn complete(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
-    AppJson(req): AppJson<CompleteRequest>,
+    AgentJson(req): AgentJson<CompleteRequest>,
 ) -> ApiResult<CompleteResponse> {
     let item = BatchCompletion { task_id: id, lease_token: req.lease_token, result: req.result };
     let mut out = s.store.complete_batch(std::slice::from_ref(&item)).await?;
@@ -120,7 +120,7 @@ async fn complete(
     responses((status = 200, body = BatchCompleteResponse), (status = 422, body = ErrorBody)))]
 async fn complete_batch(
     State(s): State<AppState>,
-    AppJson(req): AppJson<BatchCompleteRequest>,
+    AgentJson(req): AgentJson<BatchCompleteRequest>,
 ) -> ApiResult<BatchCompleteResponse> {
     if req.completions.is_empty() {
         return Err(ApiError::unprocessable("invalid_batch", "completions must not be empty"));
@@ -137,7 +137,7 @@ async fn complete_batch(
 async fn fail(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
-    AppJson(req): AppJson<FailRequest>,
+    AgentJson(req): AgentJson<FailRequest>,
 ) -> ApiResult<FailResponse> {
     if req.error.trim().is_empty() {
         return Err(ApiError::unprocessable("invalid_failure", "error must say what went wrong"));
@@ -157,7 +157,7 @@ async fn fail(
 async fn release(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
-    AppJson(req): AppJson<ReleaseRequest>,
+    AgentJson(req): AgentJson<ReleaseRequest>,
 ) -> Result<StatusCode, ApiError> {
     s.store.release(id, req.lease_token).await?;
     Ok(StatusCode::NO_CONTENT)
