@@ -26,6 +26,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A lease loop waiting for a free slot still ticks this often (liveness).
 const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// A stopped stage gets this long to kill and reap its children before it is dropped.
+const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
 /// After the grace period, stopped tasks get this long to release their leases.
 const RELEASE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -258,10 +260,13 @@ impl Worker {
         };
         cancel.cancel(); // stops anything the stage left running
         if !work.is_finished() {
-            // Dropping the stage's future kills its ffmpeg/yt-dlp; wait for that before
-            // touching its directory.
-            work.abort();
-            let _ = work.await;
+            // A stopped stage kills its tools and waits until their supervisors have reaped
+            // them all; only then may its directory be touched. One that does not return in
+            // time is dropped, which closes the tools' lifelines all the same.
+            if tokio::time::timeout(STAGE_STOP_WAIT, &mut work).await.is_err() {
+                work.abort();
+                let _ = work.await;
+            }
         }
 
         let attempt_dir = stages::data_path(&self.config().data_root, &task.attempt_dir).ok();

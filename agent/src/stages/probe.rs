@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::children;
 use crate::error::TaskError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,18 +55,20 @@ struct ProbeFormat {
 /// Probes `file`; a file without a video stream or that ffprobe cannot read is fatal (it is
 /// not a video, and will not become one on retry).
 pub async fn probe(ffprobe: &Path, file: &Path) -> Result<VideoInfo, TaskError> {
-    let mut cmd = tokio::process::Command::new(ffprobe);
+    let cannot_run = |e: std::io::Error| TaskError::fatal(format!("cannot run {}: {e}", ffprobe.display()));
+    let mut cmd = children::command(ffprobe).map_err(cannot_run)?;
     cmd.args(["-v", "error", "-protocol_whitelist", "file", "-print_format", "json", "-show_format", "-show_streams"])
         .args(["-select_streams", "v:0"])
         .arg(file)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .stderr(Stdio::piped());
+    let child = children::Child::spawn(&mut cmd).map_err(cannot_run)?;
+    // On a time-out (or a stopped task) the child is dropped: its lifeline closes and the
+    // supervisor kills ffprobe.
+    let out = tokio::time::timeout(Duration::from_secs(120), child.output())
         .await
         .map_err(|_| TaskError::retryable("ffprobe did not finish within 120 s"))?
-        .map_err(|e| TaskError::fatal(format!("cannot run {}: {e}", ffprobe.display())))?;
+        .map_err(|e| TaskError::retryable(format!("waiting for ffprobe: {e}")))?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
         return Err(TaskError::fatal(format!("not a readable video (ffprobe: {})", first_lines(&stderr))));

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::guard::redact;
+use crate::children;
 use crate::error::TaskError;
 use crate::stages::files::{hash_into, hex};
 use crate::stages::{Progress, StageContext};
@@ -46,7 +47,9 @@ pub async fn fetch(
     ctx.guard.check(url).await.map_err(super::http::guard_error)?;
     super::super::ensure_free_space(cfg, dir, 0)?;
     let template = dir.join("video.%(ext)s");
-    let mut cmd = tokio::process::Command::new(&cfg.ytdlp);
+    let cannot_run = |e: std::io::Error| TaskError::fatal(format!("cannot run {}: {e}", cfg.ytdlp.display()));
+    // Supervised: yt-dlp's own ffmpeg/ffprobe die with it, and all of them with the agent.
+    let mut cmd = children::command(&cfg.ytdlp).map_err(cannot_run)?;
     for var in
         ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
     {
@@ -66,13 +69,11 @@ pub async fn fetch(
         .arg(&template)
         .arg("--")
         .arg(url.as_str())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| TaskError::fatal(format!("cannot run {}: {e}", cfg.ytdlp.display())))?;
-    let stdout = child.stdout.take().ok_or_else(|| TaskError::retryable("yt-dlp stdout missing"))?;
-    let stderr = child.stderr.take().ok_or_else(|| TaskError::retryable("yt-dlp stderr missing"))?;
+        .stderr(Stdio::piped());
+    let mut child = children::Child::spawn(&mut cmd).map_err(cannot_run)?;
+    let stdout = child.inner.stdout.take().ok_or_else(|| TaskError::retryable("yt-dlp stdout missing"))?;
+    let stderr = child.inner.stderr.take().ok_or_else(|| TaskError::retryable("yt-dlp stderr missing"))?;
     let err_task = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         let mut kept = Vec::new();
