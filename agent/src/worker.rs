@@ -49,11 +49,15 @@ pub struct Worker {
     heartbeat_interval: Mutex<Duration>,
     /// Serialises re-registration when several loops find the agent unknown at once.
     register_lock: tokio::sync::Mutex<()>,
+    /// Takes the data root out of reported errors.
+    scrubber: stages::RootScrubber,
 }
 
 impl Worker {
     pub fn new(ctx: StageContext, client: ControlPlane, health: Arc<Health>, capabilities: Vec<String>) -> Arc<Self> {
+        let scrubber = stages::RootScrubber::new(&ctx.config.data_root);
         Arc::new(Self {
+            scrubber,
             ctx,
             client,
             health,
@@ -424,7 +428,8 @@ impl Worker {
         }
     }
 
-    /// Reports a failure; returns the task's new state when the control plane answered.
+    /// Reports a failure (its message with paths relative to the data root); returns the
+    /// task's new state when the control plane answered.
     async fn report_failure(
         &self,
         task: &LeasedTask,
@@ -432,6 +437,7 @@ impl Worker {
         retryable: bool,
         lease_deadline: &Mutex<Instant>,
     ) -> Option<TaskState> {
+        let error = self.scrubber.scrub(&error);
         let mut backoff = Backoff::new(BACKOFF_BASE, Duration::from_secs(2));
         loop {
             match self.client.fail(task.task_id, task.lease_token, error.clone(), retryable).await {

@@ -17,6 +17,9 @@ pub struct VideoInfo {
     pub duration_s: Option<f64>,
     /// The video stream's duration when it has one, seconds.
     pub stream_duration_s: Option<f64>,
+    /// The duration the container claims (its header), seconds. It can be far from the
+    /// stream's: a broken or hostile header may claim 49.7 days for 2 s of video.
+    pub container_duration_s: Option<f64>,
     pub fps: Option<f64>,
     pub width: Option<i64>,
     pub height: Option<i64>,
@@ -97,6 +100,7 @@ fn parse(json: &[u8]) -> Result<VideoInfo, String> {
         // The stream's own duration first: a container's can include a start offset.
         duration_s: stream_duration_s.or(format_duration),
         stream_duration_s,
+        container_duration_s: format_duration,
         fps,
         width: s.width,
         height: s.height,
@@ -126,6 +130,7 @@ mod tests {
         assert_eq!(v.codec.as_deref(), Some("h264"));
         assert_eq!(v.duration_s, Some(4.004));
         assert_eq!(v.stream_duration_s, Some(4.004));
+        assert_eq!(v.container_duration_s, Some(4.1));
         assert!((v.fps.unwrap_or(0.0) - 29.97).abs() < 0.01);
         assert_eq!(v.start_time_s, Some(1.5));
         assert_eq!(v.frame_count, Some(120));

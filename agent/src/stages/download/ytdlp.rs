@@ -78,7 +78,7 @@ pub async fn fetch(
         let mut lines = BufReader::new(stderr).lines();
         let mut kept = Vec::new();
         while let Ok(Some(l)) = lines.next_line().await {
-            if kept.len() < 20 {
+            if kept.len() < 20 && !l.trim().is_empty() {
                 kept.push(l);
             }
         }
@@ -128,12 +128,19 @@ pub async fn fetch(
     let (sha, size) = tokio::task::spawn_blocking(move || hash_file(&path))
         .await
         .map_err(|e| TaskError::retryable(format!("hash thread failed: {e}")))??;
+    if size == 0 {
+        return Err(TaskError::fatal(format!("yt-dlp produced an empty file for {}", redact(url))));
+    }
     Ok((file, sha, size))
 }
 
 /// yt-dlp's exit status does not say whether to retry; its messages do.
 fn classify(stderr: &str, url: &Url) -> TaskError {
     let lower = stderr.to_ascii_lowercase();
+    // An empty response: yt-dlp has retried it already, and says so in its own words.
+    if lower.contains("did not get any data blocks") {
+        return TaskError::fatal(format!("empty file from {}: yt-dlp received no data ({stderr})", redact(url)));
+    }
     let msg = format!("yt-dlp failed for {}: {stderr}", redact(url));
     let fatal = [
         "unsupported url",
@@ -180,5 +187,8 @@ mod tests {
         let u = Url::parse("https://www.youtube.com/watch?v=x").expect("url");
         assert!(!classify("ERROR: Unsupported URL: x", &u).is_retryable());
         assert!(classify("ERROR: Unable to download webpage: timed out", &u).is_retryable());
+        let empty = classify("ERROR: Did not get any data blocks (gave up after 5 attempts)", &u);
+        assert!(!empty.is_retryable());
+        assert!(empty.to_string().starts_with("empty file from https://www.youtube.com/"), "{empty}");
     }
 }

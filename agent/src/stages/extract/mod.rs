@@ -200,6 +200,7 @@ pub async fn run(
         settings,
         source: SourceFacts {
             duration_s: info.duration_s,
+            container_duration_s: info.container_duration_s,
             fps: info.fps,
             start_time_s: start,
             width: info.width,
