@@ -26,6 +26,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A lease loop waiting for a free slot still ticks this often (liveness).
 const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// A stopped stage gets this long to kill and reap its children before it is dropped.
+const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
 /// After the grace period, stopped tasks get this long to release their leases.
 const RELEASE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -47,11 +49,15 @@ pub struct Worker {
     heartbeat_interval: Mutex<Duration>,
     /// Serialises re-registration when several loops find the agent unknown at once.
     register_lock: tokio::sync::Mutex<()>,
+    /// Takes the data root out of reported errors.
+    scrubber: stages::RootScrubber,
 }
 
 impl Worker {
     pub fn new(ctx: StageContext, client: ControlPlane, health: Arc<Health>, capabilities: Vec<String>) -> Arc<Self> {
+        let scrubber = stages::RootScrubber::new(&ctx.config.data_root);
         Arc::new(Self {
+            scrubber,
             ctx,
             client,
             health,
@@ -258,10 +264,13 @@ impl Worker {
         };
         cancel.cancel(); // stops anything the stage left running
         if !work.is_finished() {
-            // Dropping the stage's future kills its ffmpeg/yt-dlp; wait for that before
-            // touching its directory.
-            work.abort();
-            let _ = work.await;
+            // A stopped stage kills its tools and waits until their supervisors have reaped
+            // them all; only then may its directory be touched. One that does not return in
+            // time is dropped, which closes the tools' lifelines all the same.
+            if tokio::time::timeout(STAGE_STOP_WAIT, &mut work).await.is_err() {
+                work.abort();
+                let _ = work.await;
+            }
         }
 
         let attempt_dir = stages::data_path(&self.config().data_root, &task.attempt_dir).ok();
@@ -419,7 +428,8 @@ impl Worker {
         }
     }
 
-    /// Reports a failure; returns the task's new state when the control plane answered.
+    /// Reports a failure (its message with paths relative to the data root); returns the
+    /// task's new state when the control plane answered.
     async fn report_failure(
         &self,
         task: &LeasedTask,
@@ -427,6 +437,7 @@ impl Worker {
         retryable: bool,
         lease_deadline: &Mutex<Instant>,
     ) -> Option<TaskState> {
+        let error = self.scrubber.scrub(&error);
         let mut backoff = Backoff::new(BACKOFF_BASE, Duration::from_secs(2));
         loop {
             match self.client.fail(task.task_id, task.lease_token, error.clone(), retryable).await {

@@ -6,6 +6,7 @@
 #[macro_use]
 extern crate dataminer_tests;
 
+mod children;
 mod harness;
 mod lifecycle;
 mod pipeline;

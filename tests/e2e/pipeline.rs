@@ -11,7 +11,12 @@ use serde_json::json;
 
 use crate::harness::env;
 
-both!(interval_frames_over_many_sources, full_disk_is_retryable_until_attempts_run_out);
+both!(
+    interval_frames_over_many_sources,
+    full_disk_is_retryable_until_attempts_run_out,
+    failures_name_the_cause_without_agent_paths,
+    a_containers_claim_is_recorded_beside_the_stream
+);
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -135,5 +140,69 @@ async fn full_disk_is_retryable_until_attempts_run_out(db: Db) {
     let t = done[0].tasks.iter().find(|t| t.stage.as_str() == "download").expect("download task");
     assert_eq!(t.attempts, 3, "a full disk is retried (another node may have room)");
     assert!(e.media.gets("cfr10.mp4").len() <= 3);
+    e.app.stop().await;
+}
+
+async fn failures_name_the_cause_without_agent_paths(db: Db) {
+    let e = env(db, |_| {}).await;
+    media::put_fixture("empty.mp4", b"");
+    let claim = media::claimed_duration_fixture();
+    let agent = e.agent("a1", &[]).await;
+    e.project("p", json!({})).await;
+    let urls = [
+        e.media.url("empty.mp4"),
+        format!("http://localhost:{}/empty.mp4", e.media.port), // through yt-dlp
+        e.media.url("not-a-video.mp4"),
+        e.media.url(claim),
+    ];
+    let ids: Vec<i64> = e.submit(&urls, "p").await.iter().map(|v| v.id).collect();
+    let done = e.settle(&ids, SETTLE, &[&agent]).await;
+    let root = e.data.0.to_string_lossy().into_owned();
+    let errors: Vec<String> = done
+        .iter()
+        .map(|d| {
+            assert_eq!(d.video.state, VideoState::Failed, "{:?}", d.video);
+            assert_eq!(d.video.failed_stage.as_deref(), Some("download"));
+            let err = d.video.error.clone().unwrap_or_default();
+            assert!(!err.contains(&root), "the agent's data root {root} shows in {err:?}");
+            for t in &d.tasks {
+                let last = t.last_error.clone().unwrap_or_default();
+                assert!(!last.contains(&root), "the agent's data root {root} shows in the task's {last:?}");
+            }
+            err
+        })
+        .collect();
+    assert!(errors[0].starts_with("empty response (Content-Length 0) from "), "{}", errors[0]);
+    assert!(errors[1].starts_with("empty file from http://localhost:"), "{}", errors[1]);
+    // ffprobe names the file it read: relative to the data root.
+    assert!(errors[2].contains("not a readable video"), "{}", errors[2]);
+    assert!(errors[2].contains(&format!(" videos/{}/", ids[2])), "{}", errors[2]);
+    // Empty and over-the-limit files are not worth another attempt.
+    for d in &done {
+        let t = d.tasks.iter().find(|t| t.last_error.is_some()).expect("failed task");
+        assert_eq!(t.attempts, 1, "{:?} retried", d.video.error);
+    }
+    assert_eq!(
+        errors[3],
+        "the container claims a duration of 4294967.3 s (49.7 days) for a video stream of 3.0 s; \
+         the claim is more than the limit of 14400 s"
+    );
+    e.app.stop().await;
+}
+
+async fn a_containers_claim_is_recorded_beside_the_stream(db: Db) {
+    let e = env(db, |_| {}).await;
+    let claim = media::claimed_duration_fixture();
+    let agent = e.agent("a1", &[("DATAMINER_MAX_VIDEO_DURATION_S", "5000000")]).await;
+    e.project("p", json!({"interval_frames": 7})).await;
+    let id = e.submit(&[e.media.url(claim)], "p").await[0].id;
+    let done = e.settle(&[id], SETTLE, &[&agent]).await;
+    let v = &done[0].video;
+    assert_eq!(v.state, VideoState::Extracted, "{:?}", v.error);
+    // The stream's real duration is the video's; the frames come from the real stream.
+    assert_eq!(v.duration_s, Some(3.0));
+    assert_eq!(e.frames(&done[0]), vec![(0, 0), (7, 700_000), (14, 1_400_000), (21, 2_100_000), (28, 2_800_000)]);
+    let m = e.manifest(&done[0]);
+    assert_eq!((m.source.duration_s, m.source.container_duration_s), (Some(3.0), Some(4_294_967.295)));
     e.app.stop().await;
 }

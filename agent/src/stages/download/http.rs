@@ -197,6 +197,11 @@ pub async fn fetch(
     let written = writer.await.map_err(|e| TaskError::retryable(format!("writer thread failed: {e}")))?;
     outcome?;
     let (sha256, size) = written?;
+    if size == 0 {
+        // Said plainly: ffprobe's "moov atom not found" on an empty file explains nothing.
+        let why = if total == Some(0) { "Content-Length 0" } else { "no body" };
+        return Err(TaskError::fatal(format!("empty response ({why}) from {}", redact(&current))));
+    }
     if let Some(t) = total {
         if size != t {
             return Err(TaskError::retryable(format!(
