@@ -10,7 +10,7 @@ use dataminer_wire::{Stage, TaskState, VideoDetail};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{env, start_agent, Env};
+use crate::harness::{env, frames_dir, start_agent, Env};
 
 both!(
     kill_9_agent_holding_leases,
@@ -100,7 +100,7 @@ async fn kill_9_agent_holding_leases(db: Db) {
         assert_eq!(d.video.sha256.as_deref(), Some(media::sha256_of(name).as_str()));
         let t = download_task(d);
         assert_eq!((t.state, t.leased_by), (TaskState::Succeeded, Some(b_id)));
-        assert!(d.video.frames_dir.as_deref().is_some_and(|f| f.starts_with("frames_raw/")));
+        assert!(frames_dir(d).starts_with("frames_raw/"));
     }
     eprintln!("re-leased {taken:?} after kill -9 (bound {bound:?})");
     e.app.stop().await;

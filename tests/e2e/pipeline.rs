@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use dataminer_tests::server::Canary;
 use dataminer_tests::{media, Db};
-use dataminer_wire::VideoState;
+use dataminer_wire::{ExtractionState, ProjectVideoState, VideoState};
 use serde_json::json;
 
-use crate::harness::env;
+use crate::harness::{env, extraction, frames_dir};
 
 both!(
     interval_frames_over_many_sources,
@@ -80,21 +80,36 @@ async fn interval_frames_over_many_sources(db: Db) {
 
     // Identical content under another URL: downloaded, then linked to the first extraction.
     let (orig, copy) = (&by(0).video, &by(4).video);
-    assert_eq!(copy.state, VideoState::Extracted);
+    assert_eq!(copy.state, VideoState::Downloaded);
+    assert_eq!(extraction(by(4)).state, ExtractionState::Extracted);
     assert_eq!(copy.sha256, orig.sha256);
     assert_eq!(copy.sha256.as_deref(), Some(media::sha256_of("cfr10.mp4").as_str()));
-    assert_eq!(copy.frames_dir, orig.frames_dir);
+    assert_eq!(extraction(by(4)).id, extraction(by(0)).id, "one extraction for identical content and settings");
     let extracts = |d: &dataminer_wire::VideoDetail| d.tasks.iter().filter(|t| t.stage.as_str() == "extract").count();
     assert_eq!(extracts(by(0)) + extracts(by(4)), 1, "identical content is extracted once");
     assert_eq!(e.media.gets("cfr10.mp4").len(), 1, "the same URL submitted twice is downloaded once");
 
+    // A download failure fails the video; an extract failure fails the extraction and the
+    // project-videos using it (the video itself is downloaded).
     let failed = |i: usize, stage: &str, needle: &str| {
-        let v = &by(i).video;
-        assert_eq!(v.state, VideoState::Failed, "{} should fail", names[i]);
-        assert_eq!(v.failed_stage.as_deref(), Some(stage), "{}: {:?}", names[i], v.error);
-        let err = v.error.clone().unwrap_or_default();
+        let d = by(i);
+        let (state, failed_stage, err) = if stage == "extract" {
+            assert_eq!(d.video.state, VideoState::Downloaded, "{}", names[i]);
+            let e = extraction(d);
+            assert_eq!((e.state, e.frames_dir.as_deref()), (ExtractionState::Failed, None), "{}", names[i]);
+            let p = &d.projects[0];
+            (p.state == ProjectVideoState::Failed, p.failed_stage.clone(), p.error.clone().unwrap_or_default())
+        } else {
+            assert!(d.projects[0].extraction.is_none(), "{}", names[i]);
+            (
+                d.video.state == VideoState::Failed,
+                d.video.failed_stage.clone(),
+                d.video.error.clone().unwrap_or_default(),
+            )
+        };
+        assert!(state, "{} should fail", names[i]);
+        assert_eq!(failed_stage.as_deref(), Some(stage), "{}: {err:?}", names[i]);
         assert!(err.contains(needle), "{}: error {err:?} lacks {needle:?}", names[i]);
-        assert_eq!(v.frames_dir, None);
     };
     failed(6, "extract", "ffmpeg reported errors");
     failed(7, "extract", "ffmpeg reported errors");
@@ -115,9 +130,9 @@ async fn interval_frames_over_many_sources(db: Db) {
     // /status (text) lists where the frames are.
     let text = e.app.user(reqwest::Method::GET, "/status").header("accept", "text/plain").send().await.expect("status");
     let text = text.text().await.expect("text");
-    let dir = by(0).video.frames_dir.clone().expect("frames dir");
+    let dir = frames_dir(by(0));
     assert!(
-        text.contains(&format!("#{:<6}EXTRACTED   ", ids[0])) && text.contains(&format!("5 frames in {dir}/")),
+        text.contains(&format!("#{:<6}DOWNLOADED  ", ids[0])) && text.contains(&format!("5 frames in {dir}/")),
         "{text}"
     );
 
@@ -198,7 +213,8 @@ async fn a_containers_claim_is_recorded_beside_the_stream(db: Db) {
     let id = e.submit(&[e.media.url(claim)], "p").await[0].id;
     let done = e.settle(&[id], SETTLE, &[&agent]).await;
     let v = &done[0].video;
-    assert_eq!(v.state, VideoState::Extracted, "{:?}", v.error);
+    assert_eq!(v.state, VideoState::Downloaded, "{:?}", v.error);
+    assert_eq!(extraction(&done[0]).state, ExtractionState::Extracted);
     // The stream's real duration is the video's; the frames come from the real stream.
     assert_eq!(v.duration_s, Some(3.0));
     assert_eq!(e.frames(&done[0]), vec![(0, 0), (7, 700_000), (14, 1_400_000), (21, 2_100_000), (28, 2_800_000)]);
