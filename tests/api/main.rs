@@ -11,6 +11,7 @@ mod ops;
 mod pipeline;
 mod process;
 mod projects;
+mod races;
 mod reaper;
 mod safety;
 mod transitions;
