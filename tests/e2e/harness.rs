@@ -57,6 +57,15 @@ impl Agent {
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("{}/metrics", self.metrics)).await.expect("metrics").text().await.expect("text")
     }
+
+    /// Waits until the agent's metrics have exactly this line.
+    pub async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.metrics_text().await.lines().any(|l| l == line) {
+            assert!(Instant::now() < deadline, "metric {line:?} never appeared:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 fn free_port() -> u16 {

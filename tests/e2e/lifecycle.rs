@@ -139,14 +139,6 @@ async fn sigterm_mid_task_releases_at_once(db: Db) {
     e.app.stop().await;
 }
 
-async fn wait_for_metric(a: &crate::harness::Agent, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !a.metrics_text().await.lines().any(|l| l == line) {
-        assert!(Instant::now() < deadline, "metric {line:?} never appeared:\n{}", a.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn sigterm_mid_extract_kills_ffmpeg_and_releases(db: Db) {
     let e = env(db, |c| c.lease_ttl_ms = 60_000).await;
     // Every frame at the best quality: a few seconds of ffmpeg work.
@@ -200,7 +192,7 @@ async fn user_cancel_stops_the_running_task(db: Db) {
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
     let t0 = Instant::now();
     // The next heartbeat says cancelled: the download stops and its directory goes.
-    wait_for_metric(&a, "dataminer_agent_tasks_total{outcome=\"cancelled\",stage=\"download\"} 1").await;
+    a.wait_for_metric("dataminer_agent_tasks_total{outcome=\"cancelled\",stage=\"download\"} 1").await;
     assert!(t0.elapsed() < Duration::from_secs(5));
     let dir = e.data.0.join(format!("videos/{id}"));
     let leftovers: Vec<_> =
@@ -223,7 +215,7 @@ async fn lost_lease_stops_the_task(db: Db) {
     e.project("p", json!({})).await;
     let a = e.agent("slow-heart", &[("DATAMINER_HEARTBEAT_INTERVAL_MS", "1000")]).await;
     let id = e.submit(&[e.media.url("slow.mp4")], "p").await[0].id;
-    wait_for_metric(&a, "dataminer_agent_tasks_total{outcome=\"lease_lost\",stage=\"download\"} 2").await;
+    a.wait_for_metric("dataminer_agent_tasks_total{outcome=\"lease_lost\",stage=\"download\"} 2").await;
     assert!(a.log_text().contains("lease lost; stopped"));
     let d = e.app.video(id).await;
     assert_eq!(d.video.state, dataminer_wire::VideoState::Failed, "dead after its attempts expired");

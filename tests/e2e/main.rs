@@ -10,6 +10,7 @@ mod children;
 mod harness;
 mod lifecycle;
 mod pipeline;
+mod protocol;
 mod sources;
 mod ssrf;
 mod strategies;

@@ -27,6 +27,7 @@ macro_rules! both {
     };
 }
 
+pub mod fake_cp;
 pub mod media;
 pub mod server;
 

@@ -211,8 +211,15 @@ pub async fn fetch(
         }
     }
     let final_path = dir.join(format!("video.{ext}"));
-    std::fs::rename(&part, &final_path).map_err(|e| TaskError::io("rename finished download", e))?;
-    let _ = std::fs::remove_file(&meta_path);
+    let (from, to) = (part.clone(), final_path.clone());
+    tokio::task::spawn_blocking(move || {
+        std::fs::rename(&from, &to)?;
+        let _ = std::fs::remove_file(&meta_path);
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| TaskError::retryable(format!("rename thread failed: {e}")))?
+    .map_err(|e| TaskError::io("rename finished download", e))?;
     Ok(Fetched { path: final_path, sha256, size, transferred: received, resumed_from: offset })
 }
 

@@ -29,7 +29,12 @@ pub async fn run(
     let url = Url::parse(raw).map_err(|e| TaskError::fatal(format!("invalid URL: {e}")))?;
     let (file, sha256, size) = match task.input.source_kind.as_deref().unwrap_or("direct") {
         "direct" => {
-            adopt_partial(attempt_dir, task.task_id, Duration::from_millis(ctx.config.resume_quiet_ms));
+            // Renames on the shared root: blocking file work, off the runtime's threads.
+            let (dir, id, quiet) =
+                (attempt_dir.to_path_buf(), task.task_id, Duration::from_millis(ctx.config.resume_quiet_ms));
+            tokio::task::spawn_blocking(move || adopt_partial(&dir, id, quiet))
+                .await
+                .map_err(|e| TaskError::retryable(format!("adopting a partial download failed: {e}")))?;
             let f = http::fetch(ctx, &url, attempt_dir, &progress, &cancel).await?;
             ctx.metrics.bytes_downloaded.inc_by(f.transferred);
             if f.resumed_from > 0 {
