@@ -58,3 +58,6 @@ UPDATE project_videos SET extraction_id = (
 UPDATE videos SET state = 'DOWNLOADED' WHERE state IN ('EXTRACTING', 'EXTRACTED');
 UPDATE videos SET state = 'DOWNLOADED', failed_stage = NULL, error = NULL
 WHERE state = 'FAILED' AND failed_stage = 'extract';
+
+-- The duration a container claims, beside the video stream's real one (duration_s).
+ALTER TABLE videos ADD COLUMN container_duration_s DOUBLE PRECISION;

@@ -221,8 +221,9 @@ async fn a_containers_claim_is_recorded_beside_the_stream(db: Db) {
     let v = &done[0].video;
     assert_eq!(v.state, VideoState::Downloaded, "{:?}", v.error);
     assert_eq!(extraction(&done[0]).state, ExtractionState::Extracted);
-    // The stream's real duration is the video's; the frames come from the real stream.
-    assert_eq!(v.duration_s, Some(3.0));
+    // The stream's real duration is the video's, the claim is recorded beside it; the frames
+    // come from the real stream.
+    assert_eq!((v.duration_s, v.container_duration_s), (Some(3.0), Some(4_294_967.295)));
     assert_eq!(e.frames(&done[0]), vec![(0, 0), (7, 700_000), (14, 1_400_000), (21, 2_100_000), (28, 2_800_000)]);
     let m = e.manifest(&done[0]);
     assert_eq!((m.source.duration_s, m.source.container_duration_s), (Some(3.0), Some(4_294_967.295)));

@@ -212,6 +212,10 @@ pub enum StageResult {
         /// Frames in the video stream as the container declares them; absent when unknown.
         #[serde(default)]
         stream_frames: Option<i64>,
+        /// The duration the container claims (ffprobe's format duration), seconds, when it
+        /// differs from the stream's: `duration_s` is the video stream's real duration.
+        #[serde(default)]
+        container_duration_s: Option<f64>,
     },
     Extract {
         frames_dir: String,

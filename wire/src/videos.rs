@@ -209,6 +209,10 @@ pub struct VideoView {
     pub start_time_s: Option<f64>,
     /// Frames the container declares for the video stream (absent when unknown).
     pub stream_frames: Option<i64>,
+    /// The duration the container claims, seconds (may exceed `duration_s`, the video
+    /// stream's real duration, for a broken or hostile file).
+    #[serde(default)]
+    pub container_duration_s: Option<f64>,
     pub file_path: Option<String>,
     /// Set when this video's content (same sha256) is another video's: that video's file is
     /// the one extracted, once per extract settings, for both.

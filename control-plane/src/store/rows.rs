@@ -12,7 +12,7 @@ use super::{Result, StoreError};
 use crate::urls;
 
 pub(crate) const VIDEO_COLS: &str = "v.id, v.url, v.source_kind, v.origin, v.state, v.failed_stage, v.error, \
-    v.priority, v.sha256, v.size_bytes, v.duration_s, v.fps, v.width, v.height, v.codec, v.start_time_s, v.stream_frames, v.file_path, \
+    v.priority, v.sha256, v.size_bytes, v.duration_s, v.fps, v.width, v.height, v.codec, v.start_time_s, v.stream_frames, v.container_duration_s, v.file_path, \
     v.content_of, v.created_at, v.updated_at";
 
 pub(crate) fn video(r: &AnyRow) -> Result<VideoView> {
@@ -36,6 +36,7 @@ pub(crate) fn video(r: &AnyRow) -> Result<VideoView> {
         codec: r.try_get("codec")?,
         start_time_s: r.try_get("start_time_s")?,
         stream_frames: r.try_get("stream_frames")?,
+        container_duration_s: r.try_get("container_duration_s")?,
         file_path: r.try_get("file_path")?,
         content_of: r.try_get("content_of")?,
         created_at_ms: r.try_get("created_at")?,

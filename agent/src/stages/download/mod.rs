@@ -72,6 +72,7 @@ pub async fn run(
         codec: info.codec,
         start_time_s: info.start_time_s,
         stream_frames: info.frame_count,
+        container_duration_s: info.container_duration_s,
     })
 }
 

@@ -25,6 +25,7 @@ pub(crate) fn validate(dir: &str, r: &StageResult) -> Result<()> {
         codec,
         start_time_s,
         stream_frames,
+        container_duration_s,
     } = r
     else {
         return Err(StoreError::invalid("result_stage_mismatch", "not a download result"));
@@ -34,7 +35,7 @@ pub(crate) fn validate(dir: &str, r: &StageResult) -> Result<()> {
         return Err(StoreError::invalid("invalid_result", "sha256 must be 64 lowercase hex digits"));
     }
     nonneg("size_bytes", *size_bytes)?;
-    for (f, v) in [("duration_s", duration_s), ("fps", fps)] {
+    for (f, v) in [("duration_s", duration_s), ("fps", fps), ("container_duration_s", container_duration_s)] {
         if v.is_some_and(|x| !x.is_finite() || x < 0.0) {
             return Err(StoreError::invalid("invalid_result", format!("{f} must be a non-negative number")));
         }
@@ -81,9 +82,9 @@ pub(crate) async fn apply(
     let sql = format!(
         "UPDATE videos SET state = '{to}', sha256 = v.column2, size_bytes = v.column3, duration_s = v.column4, \
          fps = v.column5, width = v.column6, height = v.column7, codec = v.column8, file_path = v.column9, \
-         start_time_s = v.column10, stream_frames = v.column11, updated_at = $1 \
+         start_time_s = v.column10, stream_frames = v.column11, container_duration_s = v.column12, updated_at = $1 \
          FROM (VALUES {}) AS v WHERE videos.id = v.column1 AND {guard} RETURNING videos.id",
-        values_rows(2, batch.len(), 11)
+        values_rows(2, batch.len(), 12)
     );
     let mut q = sqlx::query(&sql).bind(now);
     for (t, r) in &batch {
@@ -98,6 +99,7 @@ pub(crate) async fn apply(
             codec,
             start_time_s,
             stream_frames,
+            container_duration_s,
         } = r
         {
             q = q
@@ -111,7 +113,8 @@ pub(crate) async fn apply(
                 .bind(codec.clone())
                 .bind(file_path.as_str())
                 .bind(*start_time_s)
-                .bind(*stream_frames);
+                .bind(*stream_frames)
+                .bind(*container_duration_s);
         }
     }
     let mut moved: Vec<i64> = Vec::new();
