@@ -68,6 +68,9 @@ pub struct Config {
     /// `database_unavailable` (with Retry-After).
     #[arg(long, env = "DATAMINER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     pub db_acquire_timeout_ms: u64,
+    /// The wall clock the embedded database's clock starts from (tests replace it).
+    #[arg(skip = crate::store::WallClock::system())]
+    pub wall_clock: crate::store::WallClock,
     /// Directory of the embedded SQLite database (a local disk, never a network filesystem).
     #[arg(long, global = true, env = "DATAMINER_STATE_DIR", default_value = "data")]
     pub state_dir: PathBuf,
@@ -250,7 +253,7 @@ impl Config {
             platform_hosts: self.platform_hosts.clone(),
             db_max_connections: self.db_max_connections,
             db_acquire_timeout_ms: self.db_acquire_timeout_ms,
-            wall_clock: crate::store::WallClock::system(),
+            wall_clock: self.wall_clock.clone(),
         }
     }
 

@@ -135,3 +135,39 @@ async fn postgres_outage_answers_503_and_running_tasks_survive() {
     assert_eq!(app.video(t.input.video_id).await.video.state, VideoState::Downloaded);
     app.stop().await;
 }
+
+/// The embedded database's clock does not follow a wall-clock step: a lease granted before
+/// the wall clock jumps an hour ahead is neither expired by the reaper nor refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_leases_survive_a_wall_clock_jump() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let jump = Arc::new(AtomicI64::new(0));
+    let seen = jump.clone();
+    let clock = dataminer_control_plane::store::WallClock::from_fn(move || {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        real + seen.load(Ordering::SeqCst)
+    });
+    let app = spawn_app_with(Db::Sqlite, |c| {
+        c.lease_ttl_ms = 5_000;
+        c.reaper_interval_ms = 50;
+        c.wall_clock = clock;
+    })
+    .await;
+    app.create_project("p").await;
+    let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await[0].id;
+    let a = app.register("a", &[Stage::Download], &[]).await;
+    let t = app.lease_one(a, Stage::Download).await;
+    jump.store(3_600_000, Ordering::SeqCst);
+    // Several reaper passes happen meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = app.video(v).await;
+    assert_eq!((d.tasks[0].state, d.tasks[0].attempts), (TaskState::Leased, 1), "the jump expired the lease");
+    let hb: HeartbeatResponse = expect_json(app.heartbeat(t.task_id, t.lease_token).await, StatusCode::OK).await;
+    assert!(hb.lease_expires_in_ms > 4_000, "{hb:?}");
+    app.complete_ok(&t, &result_for(&t, 1, 0)).await;
+    app.stop().await;
+}

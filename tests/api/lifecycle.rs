@@ -100,6 +100,9 @@ async fn sigterm_stops_cleanly_and_spans_reach_the_collector(db: Db) {
     assert!(body.tasks.is_empty());
     // Spans were flushed to the collector at shutdown.
     assert!(exported.load(Ordering::SeqCst) > 0, "no OTLP export reached the collector");
+    if let Some(u) = &url {
+        drop_pg_database(u).await;
+    }
 }
 
 /// `control-plane migrate` applies the migrations and exits; running it again is a no-op.
@@ -172,4 +175,5 @@ async fn postgres_replicas_wake_each_others_long_polls() {
         let latency = at.duration_since(sent);
         assert!(latency < Duration::from_secs(2), "replica B woke after {latency:?}");
     }
+    drop_pg_database(&url).await;
 }

@@ -284,4 +284,7 @@ async fn lease_history_is_safe(db: Db) {
     for mut p in procs {
         let _ = p.child.kill().await;
     }
+    if let Some(u) = &url {
+        drop_pg_database(u).await;
+    }
 }

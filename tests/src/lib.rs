@@ -92,6 +92,18 @@ pub async fn fresh_pg_database() -> String {
     format!("{base}/{name}")
 }
 
+/// Drops a test database made by [`fresh_pg_database`] (terminating leftover sessions).
+pub async fn drop_pg_database(url: &str) {
+    use sqlx::Connection;
+    let Some(name) = url.rsplit('/').next().filter(|n| n.starts_with("dm_test_")) else { return };
+    let admin = pg_admin_url().await;
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop test database");
+}
+
 /// A scratch directory removed when dropped.
 #[derive(Debug)]
 pub struct ScratchDir(pub PathBuf);
@@ -188,10 +200,15 @@ pub async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Str
 }
 
 impl TestApp {
+    /// Stops the app and, on PostgreSQL, drops its database.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             let _ = h.await;
+        }
+        self.store.close().await;
+        if let Some(url) = self.config.database_url.as_ref().map(|s| s.0.clone()) {
+            drop_pg_database(&url).await;
         }
     }
 
