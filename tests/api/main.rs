@@ -14,5 +14,6 @@ mod projects;
 mod races;
 mod reaper;
 mod safety;
+mod schema;
 mod transitions;
 mod videos;
