@@ -134,7 +134,14 @@ pub async fn listen_postgres(url: String, wakeup: Wakeup, shutdown: Cancellation
                             _ = shutdown.cancelled() => return,
                             n = listener.try_recv() => match n {
                                 Ok(Some(n)) => {
-                                    // "stage" wakes every waiter, "stage:one" one of them.
+                                    // "stage" wakes every waiter, "stage:one" one of them,
+                                    // "stage@ms" every waiter after that delay.
+                                    if let Some((s, ms)) = n.payload().split_once('@') {
+                                        if let (Some(s), Ok(ms)) = (Stage::parse(s), ms.parse::<u64>()) {
+                                            wakeup.notify_after(s, Duration::from_millis(ms));
+                                        }
+                                        continue;
+                                    }
                                     match n.payload().split_once(':') {
                                         Some((s, "one")) => {
                                             if let Some(s) = Stage::parse(s) {

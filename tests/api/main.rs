@@ -17,3 +17,4 @@ mod safety;
 mod schema;
 mod transitions;
 mod videos;
+mod wakeups;

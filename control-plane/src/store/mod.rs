@@ -306,10 +306,23 @@ impl Store {
     }
 
     /// Wakes `stage`'s waiters again after each delay (ms): a task requeued with backoff
-    /// becomes runnable then, and nobody should wait for the slow poll to notice.
-    pub(crate) fn wake_later(&self, later: &[(Stage, i64)], _now: i64) {
+    /// becomes runnable then, and nobody should wait for the slow poll to notice. Other
+    /// replicas set the same timer from a `stage@delay` notification (best effort: their
+    /// slow poll covers a lost one).
+    pub(crate) async fn wake_later(&self, later: &[(Stage, i64)]) {
         for (stage, delay) in later {
-            self.inner.wakeup.notify_after(*stage, Duration::from_millis((*delay).max(0) as u64));
+            let delay = (*delay).max(0);
+            self.inner.wakeup.notify_after(*stage, Duration::from_millis(delay as u64));
+            if self.inner.backend == Backend::Postgres {
+                let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(format!("{}@{delay}", stage.as_str()))
+                    .execute(&self.inner.writer)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "could not tell other replicas about a delayed wake-up");
+                }
+            }
         }
     }
 

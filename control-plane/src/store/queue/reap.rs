@@ -160,7 +160,7 @@ impl Store {
         let now = self.now(&mut tx).await?;
         let (report, wakes) = self.requeue_expired(&mut tx, now, None, false).await?;
         self.commit_and_wake(tx, &wakes.now).await?;
-        self.wake_later(&wakes.later, now);
+        self.wake_later(&wakes.later).await;
         Ok(report)
     }
 }

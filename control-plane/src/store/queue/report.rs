@@ -271,7 +271,7 @@ impl Store {
         stages::lock_task_owners(self, &mut tx, &[&t.s]).await?;
         let (outcome, wakes) = self.requeue_or_bury(&mut tx, &t, &error, retryable, now, false).await?;
         self.commit_and_wake(tx, &wakes.now).await?;
-        self.wake_later(&wakes.later, now);
+        self.wake_later(&wakes.later).await;
         let label = if outcome.dead { "dead" } else { "retry" };
         self.metrics().failures.with_label_values(&[t.s.stage.as_str(), label]).inc();
         Ok(outcome)
