@@ -100,14 +100,7 @@ impl Store {
             .await?;
             let (video_id, state, failed_stage, error, new) = match inserted {
                 Some(id) => {
-                    let download = NewTask {
-                        stage: Stage::Download,
-                        video_id: id,
-                        project_id: None,
-                        extraction_id: None,
-                        priority,
-                        requires: src.kind.requires().map(str::to_string),
-                    };
+                    let download = NewTask::download(id, priority, src.kind.requires().map(str::to_string));
                     stages::enqueue_many(self, &mut tx, &[download], now).await?;
                     fx.wake(Stage::Download);
                     (id, "PENDING".to_string(), None, None, true)
@@ -284,14 +277,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let requires = urls::kind_of_key(&key, &self.settings().platform_hosts).requires().map(str::to_string);
-            let download = NewTask {
-                stage: Stage::Download,
-                video_id: id,
-                project_id: None,
-                extraction_id: None,
-                priority,
-                requires,
-            };
+            let download = NewTask::download(id, priority, requires);
             stages::enqueue_many(self, &mut tx, &[download], now).await?;
             fx.wake(Stage::Download);
             changed = true;

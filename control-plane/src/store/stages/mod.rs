@@ -53,6 +53,11 @@ pub(crate) struct NewTask {
 }
 
 impl NewTask {
+    /// A video's download (platform URLs require the yt-dlp capability).
+    pub(crate) fn download(video_id: i64, priority: i64, requires: Option<String>) -> NewTask {
+        NewTask { stage: Stage::Download, video_id, project_id: None, extraction_id: None, priority, requires }
+    }
+
     pub(crate) fn after(t: &TaskSubject, stage: Stage) -> NewTask {
         NewTask {
             stage,

@@ -111,11 +111,6 @@ pub(crate) async fn enqueue_filters(store: &Store, tx: &mut Tx, column: &str, id
     Ok(rows.len())
 }
 
-/// The (project, video) pairs an UPDATE … RETURNING moved.
-fn moved_pairs(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(i64, i64)>> {
-    rows.iter().map(|r| Ok((r.try_get("project_id")?, r.try_get("video_id")?))).collect()
-}
-
 pub(crate) async fn apply_filter(
     store: &Store,
     tx: &mut Tx,
@@ -143,19 +138,35 @@ pub(crate) async fn apply_filter(
         }
     }
     let rows = q.fetch_all(&mut **tx).await?;
-    let mut next = Vec::new();
-    for r in &rows {
-        let kept: Option<i64> = r.try_get("frames_filtered")?;
+    enqueue_successors(store, tx, &rows, "frames_filtered", batch, Stage::Dedup, now, fx).await
+}
+
+/// Enqueues `next` for the project-videos an UPDATE … RETURNING moved whose `kept_col` is
+/// above zero (a guarded UPDATE returns nothing for a cancelled one: no successor).
+#[allow(clippy::too_many_arguments)]
+async fn enqueue_successors(
+    store: &Store,
+    tx: &mut Tx,
+    rows: &[sqlx::any::AnyRow],
+    kept_col: &str,
+    batch: &[(&TaskSubject, &StageResult)],
+    next: Stage,
+    now: i64,
+    fx: &mut Effects,
+) -> Result<()> {
+    let mut tasks = Vec::new();
+    for r in rows {
+        let kept: Option<i64> = r.try_get(kept_col)?;
         let key: (i64, i64) = (r.try_get("project_id")?, r.try_get("video_id")?);
         if kept.unwrap_or(0) > 0 {
             if let Some((t, _)) = batch.iter().find(|(t, _)| (t.project_id.unwrap_or(0), t.video_id) == key) {
-                next.push(NewTask::after(t, Stage::Dedup));
+                tasks.push(NewTask::after(t, next));
             }
         }
     }
-    if !next.is_empty() {
-        enqueue_many(store, tx, &next, now).await?;
-        fx.wake(Stage::Dedup);
+    if !tasks.is_empty() {
+        enqueue_many(store, tx, &tasks, now).await?;
+        fx.wake(next);
     }
     Ok(())
 }
@@ -198,20 +209,7 @@ pub(crate) async fn apply_dedup(
             }
         }
         let rows = q.fetch_all(&mut **tx).await?;
-        let mut next = Vec::new();
-        for r in &rows {
-            let kept: Option<i64> = r.try_get("frames_deduped")?;
-            let key: (i64, i64) = (r.try_get("project_id")?, r.try_get("video_id")?);
-            if kept.unwrap_or(0) > 0 {
-                if let Some((t, _)) = round.iter().find(|(t, _)| (t.project_id.unwrap_or(0), t.video_id) == key) {
-                    next.push(NewTask::after(t, Stage::Detect));
-                }
-            }
-        }
-        if !next.is_empty() {
-            enqueue_many(store, tx, &next, now).await?;
-            fx.wake(Stage::Detect);
-        }
+        enqueue_successors(store, tx, &rows, "frames_deduped", &round, Stage::Detect, now, fx).await?;
     }
     Ok(())
 }
@@ -221,7 +219,7 @@ pub(crate) async fn apply_detect(tx: &mut Tx, batch: &[(&TaskSubject, &StageResu
     let sql = format!(
         "UPDATE project_videos SET state = 'COMPLETE', detections = v.column3, detect_dir = v.column4, updated_at = $1 \
          FROM (VALUES {}) AS v WHERE project_videos.project_id = v.column1 AND project_videos.video_id = v.column2 \
-         AND {guard} RETURNING project_videos.project_id, project_videos.video_id",
+         AND {guard}",
         values_rows(2, batch.len(), 4)
     );
     let mut q = sqlx::query(&sql).bind(now);
@@ -230,8 +228,7 @@ pub(crate) async fn apply_detect(tx: &mut Tx, batch: &[(&TaskSubject, &StageResu
             q = q.bind(t.project_id.unwrap_or(0)).bind(t.video_id).bind(*detections).bind(output_dir.as_str());
         }
     }
-    let rows = q.fetch_all(&mut **tx).await?;
-    moved_pairs(&rows)?;
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
