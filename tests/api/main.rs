@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod leases;
 mod lifecycle;
+mod openapi;
 mod ops;
 mod pipeline;
 mod process;
