@@ -129,10 +129,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AgentJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let value = json_value(req, state).await?;
+        // A few names, each cut short, are enough to tell which agent version sends what.
         let mut ignored = Vec::new();
-        let parsed = decode(value, |path| ignored.push(path))?;
-        if !ignored.is_empty() {
-            tracing::warn!(fields = ?ignored, "ignored unknown fields in an agent request (a newer agent?)");
+        let mut count = 0usize;
+        let parsed = decode(value, |path| {
+            count += 1;
+            if ignored.len() < 10 {
+                ignored.push(path.chars().take(100).collect::<String>());
+            }
+        })?;
+        if count > 0 {
+            tracing::warn!(fields = ?ignored, count, "ignored unknown fields in an agent request (a newer agent?)");
         }
         Ok(AgentJson(parsed))
     }
