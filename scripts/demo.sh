@@ -2,7 +2,7 @@
 # The main job on the embedded default: builds the control plane and the agent, generates
 # three sample videos with ffmpeg and serves them on a local HTTP server, starts the control
 # plane (SQLite file under ./data, loopback only, no tokens) and one local agent, creates the
-# `demo` project, submits the samples, waits until every video is EXTRACTED (or FAILED) and
+# `demo` project, submits the samples, waits until every download and extraction has finished (or FAILED) and
 # prints `curl /status`, which lists where each video's frames are. Keeps serving until
 # Ctrl-C; DEMO_EXIT=1 stops after printing the status.
 set -euo pipefail
@@ -63,7 +63,7 @@ echo
 echo "== waiting for download and extract"
 for _ in $(seq 1 600); do
   s="$(curl -s "$BASE/status")"
-  open="$(echo "$s" | python3 -c 'import json,sys; v=json.load(sys.stdin)["videos"]; print(sum(n for k,n in v.items() if k in ("PENDING","DOWNLOADING","DOWNLOADED","EXTRACTING")))')"
+  open="$(echo "$s" | python3 -c 'import json,sys; t=json.load(sys.stdin)["tasks"]; print(sum(t[s][k] for s in ("download","extract") for k in ("queued","leased")))')"
   [ "$open" = 0 ] && break
   sleep 0.2
 done

@@ -36,19 +36,10 @@ pub async fn probe(config: &Config) -> Vec<String> {
 
 /// First line of `bin args…` when it runs and exits 0 within 10 s.
 async fn version_of(bin: &Path, args: &[&str]) -> Option<String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::process::Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    let mut cmd = crate::children::command(bin).ok()?;
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let child = crate::children::Child::spawn(&mut cmd).ok()?;
+    let out = tokio::time::timeout(Duration::from_secs(10), child.output()).await.ok()?.ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string())
 }
 

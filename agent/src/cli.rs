@@ -63,20 +63,35 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let registered = worker.register(&shutdown).await.context("registration refused by the control plane")?;
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
+    let grace = config.shutdown_grace();
+    let mut grace_ends = tokio::time::Instant::now() + grace;
     if registered {
         let loops: Vec<_> = config
             .stages
             .iter()
             .map(|s| tokio::spawn(worker.clone().lease_loop(*s, shutdown.clone(), hard_stop.clone(), tracker.clone())))
             .collect();
-        for l in loops {
-            let _ = l.await;
+        let mut all = std::pin::pin!(futures::future::join_all(loops));
+        let finished = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = &mut all => true, // only if a loop died: they stop on shutdown
+        };
+        // The grace period counts from the signal, not from the end of the lease loops'
+        // last long polls (which they finish, releasing what they bring): running tasks
+        // are stopped when it ends, whether or not those polls have answered by then.
+        grace_ends = tokio::time::Instant::now() + grace;
+        let hard = hard_stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(grace_ends).await;
+            hard.cancel();
+        });
+        if !finished {
+            all.await;
         }
     }
     // Leasing has stopped; running tasks get the grace period, then are stopped and released.
     tracker.close();
-    let grace = config.shutdown_grace();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(grace_ends, tracker.wait()).await.is_err() {
         tracing::warn!(
             grace_s = grace.as_secs(),
             running = tracker.len(),

@@ -1,7 +1,10 @@
 //! The control plane's agent API over HTTP: register, lease (long poll), heartbeat,
-//! complete, fail, release. Errors say whether the control plane could not be reached
-//! (retry with backoff), refused the lease token (the task is no longer ours), or refused
-//! the request for another reason (a bug or a version mismatch; retrying will not help).
+//! complete, fail, release. Errors say whether the control plane could not be reached or
+//! could not serve (connection errors, 5xx such as 503 `database_unavailable`, 429: retry
+//! with backoff, after the `Retry-After` it asked for), refused the lease token (the task is
+//! no longer ours), cancelled the task (a user stopped it: drop the work, report nothing), or
+//! refused the request for another reason (a bug or a version mismatch; retrying will not
+//! help).
 
 use std::time::Duration;
 
@@ -13,19 +16,45 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backoff::Backoff;
 use crate::error::error_chain;
+
+/// The longest `Retry-After` honoured: a control plane asking for more is retried sooner,
+/// so that an agent notices its return within this bound.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Connection refused, reset, timed out, or a 5xx: the control plane may be back soon.
-    #[error("control plane unreachable: {0}")]
-    Unreachable(String),
+    /// Connection refused, reset, timed out, a 5xx (503 `database_unavailable` while its
+    /// database is down) or a 429: the control plane may be back soon. `retry_after` is what
+    /// it asked for, capped at [`MAX_RETRY_AFTER`].
+    #[error("control plane unreachable: {message}")]
+    Unreachable { message: String, retry_after: Option<Duration> },
     /// 409 `lease_lost`: the lease token is stale; the task belongs to someone else now.
     #[error("lease lost: {0}")]
     LeaseLost(String),
+    /// 409 `task_cancelled`: a user cancelled the task; its work is dropped, not reported.
+    #[error("task cancelled: {0}")]
+    Cancelled(String),
     /// Any other refusal (4xx), with the control plane's code and message.
     #[error("control plane refused the request ({status} {code}): {message}")]
     Refused { status: u16, code: String, message: String },
+}
+
+impl ClientError {
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        ClientError::Unreachable { message: message.into(), retry_after: None }
+    }
+
+    /// How long to wait before retrying an unreachable control plane: what it asked for in
+    /// `Retry-After`, else the next backoff delay.
+    pub fn retry_delay(&self, backoff: &mut Backoff) -> Duration {
+        let next = backoff.next_delay();
+        match self {
+            ClientError::Unreachable { retry_after: Some(d), .. } => *d,
+            _ => next,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -45,7 +74,7 @@ impl ControlPlane {
             .connect_timeout(Duration::from_secs(5))
             .timeout(request_timeout)
             .build()
-            .map_err(|e| ClientError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| ClientError::unreachable(format!("cannot build HTTP client: {e}")))?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string(), token })
     }
 
@@ -66,25 +95,28 @@ impl ControlPlane {
         if let Some(extra) = extra_timeout {
             req = req.timeout(extra + Duration::from_secs(10));
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable(error_chain(&e)))?;
+        let resp = req.send().await.map_err(|e| ClientError::unreachable(error_chain(&e)))?;
         let status = resp.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
         if status.is_success() {
-            return resp.json::<R>().await.map(Some).map_err(|e| ClientError::Unreachable(error_chain(&e)));
+            return resp.json::<R>().await.map(Some).map_err(|e| ClientError::unreachable(error_chain(&e)));
         }
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(ClientError::Unreachable(format!("{path}: HTTP {status}")));
+            let retry_after = retry_after(resp.headers());
+            let code = resp.json::<ErrorBody>().await.map(|b| format!(" {}", b.error.code)).unwrap_or_default();
+            return Err(ClientError::Unreachable { message: format!("{path}: HTTP {status}{code}"), retry_after });
         }
         let (code, message) = match resp.json::<ErrorBody>().await {
             Ok(b) => (b.error.code, b.error.message),
             Err(_) => ("unknown".to_string(), format!("HTTP {status}")),
         };
-        if status == StatusCode::CONFLICT && code == "lease_lost" {
-            return Err(ClientError::LeaseLost(message));
+        match (status, code.as_str()) {
+            (StatusCode::CONFLICT, "lease_lost") => Err(ClientError::LeaseLost(message)),
+            (StatusCode::CONFLICT, "task_cancelled") => Err(ClientError::Cancelled(message)),
+            _ => Err(ClientError::Refused { status: status.as_u16(), code, message }),
         }
-        Err(ClientError::Refused { status: status.as_u16(), code, message })
     }
 
     async fn call_json<B: Serialize, R: DeserializeOwned>(
@@ -95,7 +127,7 @@ impl ControlPlane {
     ) -> Result<R, ClientError> {
         self.call(path, body, extra)
             .await?
-            .ok_or_else(|| ClientError::Unreachable(format!("{path}: empty response where a body was expected")))
+            .ok_or_else(|| ClientError::unreachable(format!("{path}: empty response where a body was expected")))
     }
 
     pub async fn register(&self, req: &RegisterAgentRequest) -> Result<RegisterAgentResponse, ClientError> {
@@ -140,5 +172,31 @@ impl ControlPlane {
     pub async fn release(&self, task_id: i64, lease_token: i64) -> Result<(), ClientError> {
         let body = ReleaseRequest { lease_token };
         self.call::<_, serde_json::Value>(&format!("/v1/tasks/{task_id}/release"), &body, None).await.map(|_| ())
+    }
+}
+
+/// `Retry-After` in seconds (the form the control plane sends; an HTTP date is not worth
+/// parsing for a bound this short), capped at [`MAX_RETRY_AFTER`].
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_within_a_bound() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().expect("header"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(reqwest::header::RETRY_AFTER, "3600".parse().expect("header"));
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(100));
+        let e = ClientError::Unreachable { message: "x".into(), retry_after: Some(Duration::from_secs(2)) };
+        assert_eq!(e.retry_delay(&mut b), Duration::from_secs(2));
+        assert!(ClientError::unreachable("x").retry_delay(&mut b) <= Duration::from_millis(100));
     }
 }

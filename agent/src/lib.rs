@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod capabilities;
+pub mod children;
 pub mod cli;
 pub mod client;
 pub mod config;

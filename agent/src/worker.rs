@@ -26,6 +26,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A lease loop waiting for a free slot still ticks this often (liveness).
 const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// A stopped stage gets this long to kill and reap its children before it is dropped.
+const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
 /// After the grace period, stopped tasks get this long to release their leases.
 const RELEASE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -47,11 +49,15 @@ pub struct Worker {
     heartbeat_interval: Mutex<Duration>,
     /// Serialises re-registration when several loops find the agent unknown at once.
     register_lock: tokio::sync::Mutex<()>,
+    /// Takes the data root out of reported errors.
+    scrubber: stages::RootScrubber,
 }
 
 impl Worker {
     pub fn new(ctx: StageContext, client: ControlPlane, health: Arc<Health>, capabilities: Vec<String>) -> Arc<Self> {
+        let scrubber = stages::RootScrubber::new(&ctx.config.data_root);
         Arc::new(Self {
+            scrubber,
             ctx,
             client,
             health,
@@ -95,9 +101,9 @@ impl Worker {
                     tracing::info!(agent_id = r.agent_id, name = %req.name, capabilities = ?req.capabilities, "registered");
                     return Ok(true);
                 }
-                Err(ClientError::Unreachable(e)) => {
+                Err(e @ ClientError::Unreachable { .. }) => {
                     self.unreachable();
-                    let d = backoff.next_delay();
+                    let d = e.retry_delay(&mut backoff);
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot register; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(false),
@@ -158,10 +164,19 @@ impl Worker {
                 max_tasks: permits.len() as u32,
                 wait_ms: cfg.lease_wait_ms,
             };
-            let resp = tokio::select! {
-                _ = leasing.cancelled() => break,
-                r = self.client.lease(&req) => r,
-            };
+            // The long poll is not dropped on shutdown: the control plane may commit a lease
+            // for us at any moment of it, and a dropped answer would leave those tasks
+            // orphaned until their lease expires, an attempt lost. It ends within its wait.
+            let resp = self.client.lease(&req).await;
+            if leasing.is_cancelled() {
+                if let Ok(r) = resp {
+                    for task in r.tasks {
+                        self.release(&task).await;
+                        tracing::info!(task_id = task.task_id, stage = %stage, "leased while shutting down; released");
+                    }
+                }
+                break;
+            }
             match resp {
                 Ok(r) => {
                     self.reachable();
@@ -178,9 +193,9 @@ impl Worker {
                         tracker.spawn(async move { me.run_task(task, permit, hard).await });
                     }
                 }
-                Err(ClientError::Unreachable(e)) => {
+                Err(e @ ClientError::Unreachable { .. }) => {
                     self.unreachable();
-                    let d = backoff.next_delay();
+                    let d = e.retry_delay(&mut backoff);
                     tracing::warn!(stage = %stage, error = %e, retry_in_ms = d.as_millis() as u64, "lease failed; retrying");
                     tokio::select! {
                         _ = leasing.cancelled() => break,
@@ -258,39 +273,37 @@ impl Worker {
         };
         cancel.cancel(); // stops anything the stage left running
         if !work.is_finished() {
-            // Dropping the stage's future kills its ffmpeg/yt-dlp; wait for that before
-            // touching its directory.
-            work.abort();
-            let _ = work.await;
+            // A stopped stage kills its tools and waits until their supervisors have reaped
+            // them all; only then may its directory be touched. One that does not return in
+            // time is dropped, which closes the tools' lifelines all the same.
+            if tokio::time::timeout(STAGE_STOP_WAIT, &mut work).await.is_err() {
+                work.abort();
+                let _ = work.await;
+            }
         }
 
         let attempt_dir = stages::data_path(&self.config().data_root, &task.attempt_dir).ok();
+        let cleanup = |keep_partial: bool| cleanup_attempt(stage, attempt_dir.clone(), keep_partial);
         let label = match outcome {
             Ok(result) => self.report_success(&task, result, &lease_deadline, &span).await,
             Err(TaskError::Stopped(why)) => {
                 let r = reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::LeaseLost);
                 match r {
                     StopReason::Shutdown => {
-                        if let Some(d) = &attempt_dir {
-                            cleanup_failed_attempt(stage, d, true);
-                        }
+                        cleanup(true).await;
                         self.release(&task).await;
                         tracing::info!(parent: &span, "released on shutdown");
                         "released"
                     }
                     StopReason::Cancelled => {
-                        if let Some(d) = &attempt_dir {
-                            cleanup_failed_attempt(stage, d, false);
-                        }
+                        cleanup(false).await;
                         tracing::info!(parent: &span, "cancelled by a user; stopped");
                         "cancelled"
                     }
                     StopReason::LeaseLost => {
                         // The attempt can never be accepted; a partial download stays for the
                         // task's next attempt to adopt (or for removal when one succeeds).
-                        if let Some(d) = &attempt_dir {
-                            cleanup_failed_attempt(stage, d, true);
-                        }
+                        cleanup(true).await;
                         tracing::warn!(parent: &span, why = %why, "lease lost; stopped");
                         "lease_lost"
                     }
@@ -299,15 +312,21 @@ impl Worker {
             Err(e) => {
                 let retryable = e.is_retryable();
                 tracing::warn!(parent: &span, error = %e, retryable, "task failed");
-                let state = self.report_failure(&task, e.to_string(), retryable, &lease_deadline).await;
-                // Keep a resumable partial download only for an attempt that will follow.
-                if let Some(d) = &attempt_dir {
-                    cleanup_failed_attempt(stage, d, retryable && state != Some(TaskState::Dead));
-                }
-                if retryable {
-                    "failed_retryable"
-                } else {
-                    "failed_fatal"
+                match self.report_failure(&task, e.to_string(), retryable, &lease_deadline).await {
+                    Reported::Cancelled => {
+                        cleanup(false).await;
+                        tracing::info!(parent: &span, "cancelled by a user while it failed; nothing reported");
+                        "cancelled"
+                    }
+                    r => {
+                        // Keep a resumable partial download only for an attempt that will follow.
+                        cleanup(retryable && r != Reported::State(TaskState::Dead)).await;
+                        if retryable {
+                            "failed_retryable"
+                        } else {
+                            "failed_fatal"
+                        }
+                    }
                 }
             }
         };
@@ -348,7 +367,7 @@ impl Worker {
                     *lease_deadline.lock().unwrap_or_else(|e| e.into_inner()) =
                         Instant::now() + Duration::from_millis(r.lease_expires_in_ms);
                 }
-                Err(ClientError::Unreachable(e)) => {
+                Err(e @ ClientError::Unreachable { .. }) => {
                     self.unreachable();
                     let deadline = *lease_deadline.lock().unwrap_or_else(|e| e.into_inner());
                     if Instant::now() >= deadline {
@@ -358,7 +377,18 @@ impl Worker {
                         cancel.cancel();
                         return;
                     }
-                    wait = (interval / 4).max(Duration::from_millis(50));
+                    // Sooner than usual, to renew the lease in time; later when asked to.
+                    wait = match e {
+                        ClientError::Unreachable { retry_after: Some(d), .. } => d.min(interval),
+                        _ => interval / 4,
+                    }
+                    .max(Duration::from_millis(50));
+                }
+                Err(ClientError::Cancelled(m)) => {
+                    tracing::info!(task_id = task.task_id, message = %m, "heartbeat: the task was cancelled");
+                    set_reason(&reason, StopReason::Cancelled);
+                    cancel.cancel();
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(task_id = task.task_id, error = %e, "heartbeat refused; stopping the task");
@@ -384,65 +414,92 @@ impl Worker {
                     self.reachable();
                     tracing::info!(parent: span, duplicate = r.duplicate, "task completed");
                     if let Ok(d) = stages::data_path(&self.config().data_root, &task.attempt_dir) {
-                        remove_sibling_attempts(&d, task.task_id);
+                        let id = task.task_id;
+                        let _ = tokio::task::spawn_blocking(move || remove_sibling_attempts(&d, id)).await;
                     }
                     return "succeeded";
                 }
-                Err(ClientError::Unreachable(e)) => {
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    // Also a control plane whose database is down (503 database_unavailable):
+                    // retried while the lease lasts, never reported as the task's failure.
                     self.unreachable();
-                    if Instant::now() >= *lease_deadline.lock().unwrap_or_else(|e| e.into_inner()) {
+                    let left = lease_deadline
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .saturating_duration_since(Instant::now());
+                    if left.is_zero() {
                         tracing::warn!(parent: span, error = %e, "could not report completion before the lease expired");
                         return "lease_lost";
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    let d = e.retry_delay(&mut backoff).min(left);
+                    tracing::info!(parent: span, error = %e, retry_in_ms = d.as_millis() as u64, "completion not accepted yet; retrying");
+                    tokio::time::sleep(d).await;
                 }
                 Err(ClientError::LeaseLost(m)) => {
                     tracing::warn!(parent: span, message = %m, "completion refused: lease lost");
                     return "lease_lost";
                 }
+                Err(ClientError::Cancelled(m)) => {
+                    // A user cancelled the task while it ran: a normal stop, like a heartbeat
+                    // saying so. The result is dropped and nothing is reported.
+                    tracing::info!(parent: span, message = %m, "cancelled by a user before its completion; result dropped");
+                    cleanup_attempt(task.stage, self.attempt_path(task), false).await;
+                    return "cancelled";
+                }
                 Err(e) => {
                     // The result itself was refused (e.g. 422): a bug worth a dead task, not a retry loop.
                     tracing::error!(parent: span, error = %e, "completion refused");
-                    self.report_failure(
-                        task,
-                        format!("result refused by the control plane: {e}"),
-                        false,
-                        lease_deadline,
-                    )
-                    .await;
-                    if let Ok(d) = stages::data_path(&self.config().data_root, &task.attempt_dir) {
-                        cleanup_failed_attempt(task.stage, &d, false);
-                    }
-                    return "failed_fatal";
+                    let r = self
+                        .report_failure(
+                            task,
+                            format!("result refused by the control plane: {e}"),
+                            false,
+                            lease_deadline,
+                        )
+                        .await;
+                    cleanup_attempt(task.stage, self.attempt_path(task), false).await;
+                    return if r == Reported::Cancelled { "cancelled" } else { "failed_fatal" };
                 }
             }
         }
     }
 
-    /// Reports a failure; returns the task's new state when the control plane answered.
+    fn attempt_path(&self, task: &LeasedTask) -> Option<std::path::PathBuf> {
+        stages::data_path(&self.config().data_root, &task.attempt_dir).ok()
+    }
+
+    /// Reports a failure (its message with paths relative to the data root).
     async fn report_failure(
         &self,
         task: &LeasedTask,
         error: String,
         retryable: bool,
         lease_deadline: &Mutex<Instant>,
-    ) -> Option<TaskState> {
+    ) -> Reported {
+        let error = self.scrubber.scrub(&error);
         let mut backoff = Backoff::new(BACKOFF_BASE, Duration::from_secs(2));
         loop {
             match self.client.fail(task.task_id, task.lease_token, error.clone(), retryable).await {
                 Ok(r) => {
                     self.reachable();
-                    return Some(r.state);
+                    return Reported::State(r.state);
                 }
-                Err(ClientError::Unreachable(_))
-                    if Instant::now() < *lease_deadline.lock().unwrap_or_else(|e| e.into_inner()) =>
-                {
+                Err(ClientError::Cancelled(_)) => return Reported::Cancelled,
+                Err(e @ ClientError::Unreachable { .. }) => {
                     self.unreachable();
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    let left = lease_deadline
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        tracing::warn!(task_id = task.task_id, error = %e, "could not report the failure; the reaper will requeue the task");
+                        return Reported::Unknown;
+                    }
+                    tokio::time::sleep(e.retry_delay(&mut backoff).min(left)).await;
                 }
                 Err(e) => {
                     tracing::warn!(task_id = task.task_id, error = %e, "could not report the failure; the reaper will requeue the task");
-                    return None;
+                    return Reported::Unknown;
                 }
             }
         }
@@ -454,15 +511,36 @@ impl Worker {
         loop {
             match self.client.release(task.task_id, task.lease_token).await {
                 Ok(()) => return,
-                Err(ClientError::Unreachable(_)) if Instant::now() < deadline => {
-                    tokio::time::sleep(backoff.next_delay()).await;
+                Err(e @ ClientError::Unreachable { .. }) if Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(e.retry_delay(&mut backoff).min(left)).await;
                 }
+                Err(ClientError::Cancelled(_)) => return, // nothing left to give back
                 Err(e) => {
                     tracing::warn!(task_id = task.task_id, error = %e, "could not release the task; it returns when its lease expires");
                     return;
                 }
             }
         }
+    }
+}
+
+/// What became of a failure report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    /// The task's new state (`queued` to be retried, or `dead`).
+    State(TaskState),
+    /// A user had cancelled the task: nothing was recorded, and nothing needs to be.
+    Cancelled,
+    /// No answer before the lease ended (the reaper decides) or a refusal.
+    Unknown,
+}
+
+/// [`cleanup_failed_attempt`] off the runtime's threads (a directory of thousands of frames
+/// on a network filesystem).
+async fn cleanup_attempt(stage: Stage, dir: Option<std::path::PathBuf>, keep_partial: bool) {
+    if let Some(d) = dir {
+        let _ = tokio::task::spawn_blocking(move || cleanup_failed_attempt(stage, &d, keep_partial)).await;
     }
 }
 

@@ -126,6 +126,7 @@ fn result_for(t: &LeasedTask) -> StageResult {
             codec: Some("h264".into()),
             start_time_s: Some(0.0),
             stream_frames: Some(1800),
+            container_duration_s: None,
         },
         Stage::Extract => {
             StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/manifest.json"), frame_count: 60 }

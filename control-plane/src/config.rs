@@ -64,6 +64,10 @@ pub struct Config {
     /// PostgreSQL connection pool size per replica.
     #[arg(long, global = true, env = "DATAMINER_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// How long a request waits for a PostgreSQL connection before it is answered 503
+    /// `database_unavailable` (with Retry-After).
+    #[arg(long, env = "DATAMINER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub db_acquire_timeout_ms: u64,
     /// Directory of the embedded SQLite database (a local disk, never a network filesystem).
     #[arg(long, global = true, env = "DATAMINER_STATE_DIR", default_value = "data")]
     pub state_dir: PathBuf,
@@ -185,6 +189,9 @@ impl Config {
         if !(10..=60_000).contains(&self.poll_fallback_ms) {
             p.push("poll fallback must be between 10 ms and 60 s".into());
         }
+        if !(100..=60_000).contains(&self.db_acquire_timeout_ms) {
+            p.push("--db-acquire-timeout-ms must be between 100 and 60000".to_string());
+        }
         if !(1..=1000).contains(&self.db_max_connections) {
             p.push("database pool size must be between 1 and 1000".into());
         }
@@ -242,6 +249,8 @@ impl Config {
             agent_alive_ms: self.agent_alive_ms as i64,
             platform_hosts: self.platform_hosts.clone(),
             db_max_connections: self.db_max_connections,
+            db_acquire_timeout_ms: self.db_acquire_timeout_ms,
+            wall_clock: crate::store::WallClock::system(),
         }
     }
 

@@ -150,6 +150,66 @@ pub fn redact(raw: &str) -> String {
     u.to_string()
 }
 
+/// Free text (an error an agent reported, a tool's message quoting a URL) with the secrets
+/// of every URL in it redacted: credentials and the values of signature-like query
+/// parameters become `…`. Only those parts change; the rest of the text stays as written.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = find_scheme(rest) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')' | ']' | '}' | '|'))
+            .unwrap_or(tail.len());
+        out.push_str(&redact_url_text(&tail[..end]));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the next `http://` or `https://` (any case) starts.
+fn find_scheme(s: &str) -> Option<usize> {
+    let lower = s.to_ascii_lowercase();
+    match (lower.find("http://"), lower.find("https://")) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One URL as written, secrets replaced textually (no re-encoding, so `…` stays `…`).
+fn redact_url_text(u: &str) -> String {
+    let scheme_end = u.find("://").map_or(0, |i| i + 3);
+    let (head, after) = u.split_at(scheme_end);
+    let auth_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, path_query) = after.split_at(auth_end);
+    let authority = match authority.rfind('@') {
+        Some(i) => format!("…@{}", &authority[i + 1..]),
+        None => authority.to_string(),
+    };
+    let (before_query, query_frag) = match path_query.find('?') {
+        Some(i) => (&path_query[..i], &path_query[i + 1..]),
+        None => return format!("{head}{authority}{path_query}"),
+    };
+    let (query, frag) = match query_frag.find('#') {
+        Some(i) => (&query_frag[..i], &query_frag[i..]),
+        None => (query_frag, ""),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if sensitive(&percent_decode(k)) => format!("{k}=…"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{head}{authority}{before_query}?{}{frag}", pairs.join("&"))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("{s}=").as_bytes()).next().map(|(k, _)| k.into_owned()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +255,22 @@ mod tests {
     fn platform_hosts_and_subdomains() {
         assert_eq!(p("https://www.youtube.com/watch?v=x").expect("valid").kind, SourceKind::Platform);
         assert_eq!(p("https://notyoutube.com/v").expect("valid").kind, SourceKind::Direct);
+    }
+
+    #[test]
+    fn secrets_in_free_text_are_redacted_with_a_literal_mark() {
+        let e = "GET https://h/v.mp4?X-Amz-Signature=SIGSECRET123&part=2 returned 403; \
+                 also http://user:pw@h:8/x?token=T0K and HTTPS://H/y?Sig=abc#f.";
+        let r = redact_text(e);
+        for secret in ["SIGSECRET123", "user", "pw@", "T0K", "abc"] {
+            assert!(!r.contains(secret), "{secret} leaked: {r}");
+        }
+        assert!(r.contains("X-Amz-Signature=…&part=2 returned 403"), "{r}");
+        assert!(r.contains("http://…@h:8/x?token=…"), "{r}");
+        assert!(r.contains("HTTPS://H/y?Sig=…#f."), "{r}");
+        assert!(!r.contains("%E2%80%A6"), "{r}");
+        assert_eq!(redact_text("no urls here: 403"), "no urls here: 403");
+        assert_eq!(redact_text("see https://e.com/v.mp4?v=1 now"), "see https://e.com/v.mp4?v=1 now");
     }
 
     #[test]

@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Default)]
 pub struct Wakeup {
     stages: Arc<[Notify; 5]>,
+    /// Per stage, the 100 ms slots a timer is already set for (so a burst of requeues sets
+    /// one timer per slot, not one per task).
+    timers: Arc<std::sync::Mutex<std::collections::HashSet<(usize, u64)>>>,
 }
 
 fn index(s: Stage) -> usize {
@@ -44,6 +47,32 @@ impl Wakeup {
         for s in stages {
             self.stages[index(*s)].notify_one();
         }
+    }
+
+    /// Wakes every waiting lease request of `stage` after `delay` (a requeued task's backoff
+    /// ends then). Needs a tokio runtime; outside one it does nothing (the slow poll covers).
+    pub fn notify_after(&self, stage: Stage, delay: Duration) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Round up to the next 100 ms slot: never early, at most 100 ms late.
+        let slot = (epoch_ms + delay.as_millis() as u64).div_ceil(100);
+        let key = (index(stage), slot);
+        {
+            let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            if !timers.insert(key) {
+                return;
+            }
+        }
+        let me = self.clone();
+        let wait = Duration::from_millis((slot * 100).saturating_sub(epoch_ms));
+        rt.spawn(async move {
+            tokio::time::sleep(wait).await;
+            me.timers.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            me.notify(&[stage]);
+        });
     }
 
     /// Called by a leaser that got a full batch: there may be more, wake the next waiter.

@@ -182,7 +182,7 @@ async fn paging_limits(db: Db) {
     assert_eq!(seen.len(), 5);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
     let none: Page<VideoView> =
-        expect_json(app.user(Method::GET, "/v1/videos?state=EXTRACTED").send().await.expect("send"), StatusCode::OK)
+        expect_json(app.user(Method::GET, "/v1/videos?state=DOWNLOADED").send().await.expect("send"), StatusCode::OK)
             .await;
     assert!(none.items.is_empty());
     let other: Page<VideoView> =

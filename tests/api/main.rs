@@ -3,6 +3,8 @@
 
 mod auth;
 mod errors;
+mod expiry;
+mod extractions;
 mod leases;
 mod lifecycle;
 mod openapi;
@@ -10,6 +12,7 @@ mod ops;
 mod pipeline;
 mod process;
 mod projects;
+mod races;
 mod reaper;
 mod safety;
 mod transitions;

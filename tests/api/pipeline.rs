@@ -21,6 +21,11 @@ fn pv<'a>(d: &'a VideoDetail, project: &str) -> &'a ProjectVideoView {
     d.projects.iter().find(|p| p.project == project).expect("project-video")
 }
 
+/// The extraction a project-video uses.
+fn extraction_of<'a>(d: &'a VideoDetail, project: &str) -> &'a ExtractionView {
+    pv(d, project).extraction.as_ref().expect("project-video has an extraction")
+}
+
 async fn full_pipeline_reaches_complete(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("doors").await;
@@ -44,16 +49,22 @@ async fn full_pipeline_reaches_complete(db: Db) {
     let t = app.lease_one(agent, Stage::Extract).await;
     assert_eq!(t.input.video_path, Some(format!("videos/{id}/{}.1/video.mp4", d.tasks[0].id)));
     assert_eq!(t.input.extract.as_ref().map(|e| e.interval_frames), Some(30));
-    assert_eq!(app.video(id).await.video.state, VideoState::Extracting);
+    let d = app.video(id).await;
+    assert_eq!(d.video.state, VideoState::Downloaded, "a video's state is its download's");
+    assert_eq!(extraction_of(&d, "doors").state, ExtractionState::Extracting);
+    assert_eq!(d.tasks[1].extraction_id, Some(extraction_of(&d, "doors").id));
     app.complete_ok(&t, &result_for(&t, 1, 0)).await;
     let d = app.video(id).await;
-    assert_eq!(d.video.state, VideoState::Extracted);
-    assert_eq!(d.video.frame_count, Some(10));
+    assert_eq!(d.video.state, VideoState::Downloaded);
+    assert_eq!(extraction_of(&d, "doors").state, ExtractionState::Extracted);
+    assert_eq!(extraction_of(&d, "doors").frame_count, Some(10));
+    assert_eq!(d.extractions.len(), 1);
     assert_eq!(pv(&d, "doors").state, ProjectVideoState::Pending);
 
     let t = app.lease_one(agent, Stage::Filter).await;
     assert_eq!(t.input.project.as_deref(), Some("doors"));
-    assert_eq!(t.input.frames_dir, d.video.frames_dir);
+    assert_eq!(t.input.frames_dir, extraction_of(&d, "doors").frames_dir);
+    assert_eq!(t.input.manifest_path, extraction_of(&d, "doors").manifest_path);
     assert_eq!(t.input.filter.as_ref().map(|f| f.positive_prompts.clone()), Some(vec!["a glass door".to_string()]));
     assert!(t.attempt_dir.starts_with(&format!("projects/doors/frames_filtered/{id}/")));
     assert_eq!(pv(&app.video(id).await, "doors").state, ProjectVideoState::Filtering);
@@ -190,7 +201,7 @@ async fn joining_after_extraction_filters_at_once(db: Db) {
     assert_eq!(fa.input.project.as_deref(), Some("a"));
     let again = app.submit(&["https://example.com/v.mp4"], &["b"]).await;
     assert!(!again[0].new);
-    assert_eq!(again[0].state, VideoState::Extracted);
+    assert_eq!(again[0].state, VideoState::Downloaded);
     let fb = app.lease_one(agent, Stage::Filter).await;
     assert_eq!(fb.input.project.as_deref(), Some("b"));
     assert_eq!(fb.input.video_id, v[0].id);
@@ -224,16 +235,18 @@ async fn identical_content_is_extracted_once(db: Db) {
     let c = app.video(copy).await;
     assert_eq!(c.video.content_of, Some(canonical));
     assert_eq!(c.video.state, VideoState::Downloaded);
+    assert_eq!(extraction_of(&c, "p").id, extraction_of(&app.video(canonical).await, "p").id, "shared");
     app.complete_ok(&ex[0], &result_for(&ex[0], 42, 0)).await;
     let c = app.video(copy).await;
-    assert_eq!(c.video.state, VideoState::Extracted);
-    assert_eq!(c.video.frames_dir, app.video(canonical).await.video.frames_dir);
+    assert_eq!(extraction_of(&c, "p").state, ExtractionState::Extracted);
+    assert_eq!(extraction_of(&c, "p").frames_dir, extraction_of(&app.video(canonical).await, "p").frames_dir);
     // Identical content arriving after extraction is linked and filtered at once.
     let t = app.lease_one(agent, Stage::Download).await;
     assert_eq!(t.input.video_id, v[2].id);
     app.complete_ok(&t, &result_for(&t, 42, 0)).await;
     let late = app.video(v[2].id).await;
-    assert_eq!(late.video.state, VideoState::Extracted);
+    assert_eq!(late.video.state, VideoState::Downloaded);
+    assert_eq!(extraction_of(&late, "p").state, ExtractionState::Extracted);
     assert_eq!(late.video.content_of, Some(canonical));
     let filters = app.lease(agent, &[Stage::Filter], 5, 500).await;
     assert_eq!(filters.len(), 3, "one filter per project-video");
@@ -315,8 +328,10 @@ async fn copy_completing_while_its_content_is_extracted_is_never_stranded(db: Db
         let (r1, r2) = tokio::join!(app.complete(&ex, &extracted), app.complete(second, &downloaded));
         assert_eq!((r1.status(), r2.status()), (StatusCode::OK, StatusCode::OK));
         let copy = app.video(v[1].id).await;
-        assert_eq!(copy.video.state, VideoState::Extracted, "round {round}: copy stranded: {:?}", copy.video);
-        assert_eq!(copy.video.frames_dir, app.video(v[0].id).await.video.frames_dir);
+        let e = extraction_of(&copy, "p");
+        assert_eq!(e.state, ExtractionState::Extracted, "round {round}: copy stranded: {:?}", copy.projects);
+        assert_eq!(e.frames_dir, extraction_of(&app.video(v[0].id).await, "p").frames_dir);
+        assert_eq!(pv(&copy, "p").state, ProjectVideoState::Pending);
     }
     app.stop().await;
 }

@@ -152,6 +152,6 @@ async fn cancel_project_cancels_its_work(db: Db) {
         "project_cancelled",
     )
     .await;
-    assert_eq!(app.video(v[0].id).await.video.state, VideoState::Extracted);
+    assert_eq!(app.video(v[0].id).await.video.state, VideoState::Downloaded);
     app.stop().await;
 }

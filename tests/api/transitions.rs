@@ -1,5 +1,5 @@
-//! Table-driven state transitions: for every stage, the task and its subject (the video, or
-//! the project-video) move through lease → release → lease → retryable fail → lease → fatal
+//! Table-driven state transitions: for every stage, the task and its subject (the video, the
+//! extraction, or the project-video) move through lease → release → lease → retryable fail → lease → fatal
 //! fail exactly as the table says.
 
 use dataminer_tests::*;
@@ -30,7 +30,7 @@ const TABLE: &[(Step, TaskState, Option<bool>)] = &[
 fn expected_subject(stage: Stage, after: Option<bool>) -> &'static str {
     let (waiting, running) = match stage {
         Stage::Download => ("PENDING", "DOWNLOADING"),
-        Stage::Extract => ("DOWNLOADED", "EXTRACTING"),
+        Stage::Extract => ("PENDING", "EXTRACTING"),
         Stage::Filter => ("PENDING", "FILTERING"),
         Stage::Dedup => ("FILTERED", "DEDUPING"),
         Stage::Detect => ("DEDUPED", "DETECTING"),
@@ -47,6 +47,10 @@ async fn subject_state(app: &TestApp, video: i64, stage: Stage) -> (TaskState, S
     let task = d.tasks.iter().rev().find(|t| t.stage == stage).expect("task of the stage");
     let subject = if stage.is_project_stage() {
         serde_json::to_value(d.projects[0].state).expect("json").as_str().unwrap_or_default().to_string()
+    } else if stage == Stage::Extract {
+        let e = d.projects[0].extraction.as_ref().expect("extraction");
+        assert_eq!(Some(e.id), task.extraction_id, "the extract task produces the project-video's extraction");
+        e.state.as_str().to_string()
     } else {
         serde_json::to_value(d.video.state).expect("json").as_str().unwrap_or_default().to_string()
     };

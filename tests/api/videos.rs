@@ -24,12 +24,18 @@ async fn cancelling_the_canonical_video_frees_its_copies(db: Db) {
         StatusCode::OK,
     )
     .await;
-    // The copy no longer waits on cancelled content: it gets its own extract.
+    // The copy no longer waits on cancelled content: the shared extraction now reads the
+    // copy's own file, with a new extract task (the cancelled one never completes).
     let c = app.video(copy).await;
     assert_eq!(c.video.content_of, None);
+    let e = c.projects[0].extraction.as_ref().expect("extraction");
+    assert_eq!((e.video_id, e.state), (copy, ExtractionState::Pending));
     let t = app.lease_one(agent, Stage::Extract).await;
     assert_eq!(t.input.video_id, copy);
     assert_eq!(t.input.video_path, c.video.file_path);
+    expect_error(app.complete(&ex, &result_for(&ex, 7, 0)).await, StatusCode::CONFLICT, "task_cancelled").await;
+    app.complete_ok(&t, &result_for(&t, 7, 0)).await;
+    assert_eq!(app.lease_one(agent, Stage::Filter).await.input.video_id, copy);
     app.stop().await;
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dataminer_tests::server::MediaServer;
 use dataminer_tests::{expect_json, media, spawn_app_with, Db, ScratchDir, TestApp, AGENT_TOKEN};
-use dataminer_wire::{SubmittedVideo, VideoDetail, VideoState};
+use dataminer_wire::{ExtractionState, ExtractionView, ProjectVideoState, SubmittedVideo, VideoDetail, VideoState};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -56,6 +56,15 @@ impl Agent {
 
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("{}/metrics", self.metrics)).await.expect("metrics").text().await.expect("text")
+    }
+
+    /// Waits until the agent's metrics have exactly this line.
+    pub async fn wait_for_metric(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.metrics_text().await.lines().any(|l| l == line) {
+            assert!(Instant::now() < deadline, "metric {line:?} never appeared:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -143,7 +152,9 @@ impl Env {
         serde_json::from_value(b["videos"].clone()).expect("videos")
     }
 
-    /// Waits until every video is EXTRACTED or FAILED; returns their details.
+    /// Waits until every video has settled — its download FAILED (or was cancelled), or it is
+    /// downloaded and every project-video's extraction is EXTRACTED or FAILED — and returns
+    /// their details.
     pub async fn settle(&self, ids: &[i64], timeout: Duration, agents: &[&Agent]) -> Vec<VideoDetail> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -151,7 +162,7 @@ impl Env {
             for id in ids {
                 all.push(self.app.video(*id).await);
             }
-            if all.iter().all(|v| matches!(v.video.state, VideoState::Extracted | VideoState::Failed)) {
+            if all.iter().all(settled) {
                 return all;
             }
             if Instant::now() > deadline {
@@ -163,9 +174,9 @@ impl Env {
         }
     }
 
-    /// The accepted manifest of an extracted video.
+    /// The accepted manifest of an extracted video (its first project's extraction).
     pub fn manifest(&self, v: &VideoDetail) -> dataminer_agent::stages::extract::manifest::Manifest {
-        let p = v.video.manifest_path.as_deref().expect("manifest path");
+        let p = extraction(v).manifest_path.clone().expect("manifest path");
         serde_json::from_slice(&std::fs::read(self.data.0.join(p)).expect("read manifest")).expect("parse manifest")
     }
 
@@ -173,7 +184,7 @@ impl Env {
     /// the frames directory holds exactly the listed files.
     pub fn frames(&self, v: &VideoDetail) -> Vec<(u64, i64)> {
         let m = self.manifest(v);
-        let dir = self.data.0.join(v.video.frames_dir.as_deref().expect("frames dir"));
+        let dir = self.data.0.join(frames_dir(v));
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .expect("frames dir")
             .flatten()
@@ -187,7 +198,31 @@ impl Env {
         for (i, f) in m.frames.iter().enumerate() {
             assert_eq!(f.index as usize, i + 1);
         }
-        assert_eq!(v.video.frame_count, Some(m.frames.len() as i64));
+        assert_eq!(extraction(v).frame_count, Some(m.frames.len() as i64));
         m.frames.iter().map(|f| (f.source_frame, (f.pts_s * 1e6).round() as i64)).collect()
     }
+}
+
+/// Whether a video has settled (see [`E2e::settle`]).
+fn settled(v: &VideoDetail) -> bool {
+    match v.video.state {
+        VideoState::Failed | VideoState::Cancelled => true,
+        VideoState::Downloaded => v.projects.iter().all(|p| {
+            p.state == ProjectVideoState::Failed
+                || p.extraction
+                    .as_ref()
+                    .is_some_and(|e| matches!(e.state, ExtractionState::Extracted | ExtractionState::Failed))
+        }),
+        _ => false,
+    }
+}
+
+/// The extraction a video's (first) project-video uses.
+pub fn extraction(v: &VideoDetail) -> &ExtractionView {
+    v.projects.first().and_then(|p| p.extraction.as_ref()).expect("the video's project-video has an extraction")
+}
+
+/// The accepted frames directory of a video's (first) project-video's extraction.
+pub fn frames_dir(v: &VideoDetail) -> String {
+    extraction(v).frames_dir.clone().expect("frames dir")
 }

@@ -10,7 +10,7 @@ use dataminer_wire::{Stage, TaskState, VideoDetail};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{env, start_agent, Env};
+use crate::harness::{env, frames_dir, start_agent, Env};
 
 both!(
     kill_9_agent_holding_leases,
@@ -100,7 +100,7 @@ async fn kill_9_agent_holding_leases(db: Db) {
         assert_eq!(d.video.sha256.as_deref(), Some(media::sha256_of(name).as_str()));
         let t = download_task(d);
         assert_eq!((t.state, t.leased_by), (TaskState::Succeeded, Some(b_id)));
-        assert!(d.video.frames_dir.as_deref().is_some_and(|f| f.starts_with("frames_raw/")));
+        assert!(frames_dir(d).starts_with("frames_raw/"));
     }
     eprintln!("re-leased {taken:?} after kill -9 (bound {bound:?})");
     e.app.stop().await;
@@ -137,14 +137,6 @@ async fn sigterm_mid_task_releases_at_once(db: Db) {
     assert_eq!(gets.len(), 2);
     assert!(gets[1].headers.contains_key("range"), "the second agent resumed the released partial download");
     e.app.stop().await;
-}
-
-async fn wait_for_metric(a: &crate::harness::Agent, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !a.metrics_text().await.lines().any(|l| l == line) {
-        assert!(Instant::now() < deadline, "metric {line:?} never appeared:\n{}", a.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn sigterm_mid_extract_kills_ffmpeg_and_releases(db: Db) {
@@ -200,7 +192,7 @@ async fn user_cancel_stops_the_running_task(db: Db) {
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
     let t0 = Instant::now();
     // The next heartbeat says cancelled: the download stops and its directory goes.
-    wait_for_metric(&a, "dataminer_agent_tasks_total{outcome=\"cancelled\",stage=\"download\"} 1").await;
+    a.wait_for_metric("dataminer_agent_tasks_total{outcome=\"cancelled\",stage=\"download\"} 1").await;
     assert!(t0.elapsed() < Duration::from_secs(5));
     let dir = e.data.0.join(format!("videos/{id}"));
     let leftovers: Vec<_> =
@@ -223,7 +215,7 @@ async fn lost_lease_stops_the_task(db: Db) {
     e.project("p", json!({})).await;
     let a = e.agent("slow-heart", &[("DATAMINER_HEARTBEAT_INTERVAL_MS", "1000")]).await;
     let id = e.submit(&[e.media.url("slow.mp4")], "p").await[0].id;
-    wait_for_metric(&a, "dataminer_agent_tasks_total{outcome=\"lease_lost\",stage=\"download\"} 2").await;
+    a.wait_for_metric("dataminer_agent_tasks_total{outcome=\"lease_lost\",stage=\"download\"} 2").await;
     assert!(a.log_text().contains("lease lost; stopped"));
     let d = e.app.video(id).await;
     assert_eq!(d.video.state, dataminer_wire::VideoState::Failed, "dead after its attempts expired");

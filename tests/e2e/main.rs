@@ -6,9 +6,11 @@
 #[macro_use]
 extern crate dataminer_tests;
 
+mod children;
 mod harness;
 mod lifecycle;
 mod pipeline;
+mod protocol;
 mod sources;
 mod ssrf;
 mod strategies;

@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use dataminer_tests::server::Canary;
 use dataminer_tests::{media, Db};
-use dataminer_wire::VideoState;
+use dataminer_wire::{ExtractionState, ProjectVideoState, VideoState};
 use serde_json::json;
 
-use crate::harness::env;
+use crate::harness::{env, extraction, frames_dir};
 
-both!(interval_frames_over_many_sources, full_disk_is_retryable_until_attempts_run_out);
+both!(
+    interval_frames_over_many_sources,
+    full_disk_is_retryable_until_attempts_run_out,
+    failures_name_the_cause_without_agent_paths,
+    a_containers_claim_is_recorded_beside_the_stream
+);
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -75,21 +80,42 @@ async fn interval_frames_over_many_sources(db: Db) {
 
     // Identical content under another URL: downloaded, then linked to the first extraction.
     let (orig, copy) = (&by(0).video, &by(4).video);
-    assert_eq!(copy.state, VideoState::Extracted);
+    assert_eq!(copy.state, VideoState::Downloaded);
+    assert_eq!(extraction(by(4)).state, ExtractionState::Extracted);
     assert_eq!(copy.sha256, orig.sha256);
     assert_eq!(copy.sha256.as_deref(), Some(media::sha256_of("cfr10.mp4").as_str()));
-    assert_eq!(copy.frames_dir, orig.frames_dir);
-    let extracts = |d: &dataminer_wire::VideoDetail| d.tasks.iter().filter(|t| t.stage.as_str() == "extract").count();
-    assert_eq!(extracts(by(0)) + extracts(by(4)), 1, "identical content is extracted once");
+    assert_eq!(extraction(by(4)).id, extraction(by(0)).id, "one extraction for identical content and settings");
+    // Each detail lists the extract tasks of the extractions it uses: the same one for both.
+    let mut extracts: Vec<i64> = [by(0), by(4)]
+        .iter()
+        .flat_map(|d| d.tasks.iter().filter(|t| t.stage.as_str() == "extract").map(|t| t.id))
+        .collect();
+    extracts.sort_unstable();
+    extracts.dedup();
+    assert_eq!(extracts.len(), 1, "identical content is extracted once");
     assert_eq!(e.media.gets("cfr10.mp4").len(), 1, "the same URL submitted twice is downloaded once");
 
+    // A download failure fails the video; an extract failure fails the extraction and the
+    // project-videos using it (the video itself is downloaded).
     let failed = |i: usize, stage: &str, needle: &str| {
-        let v = &by(i).video;
-        assert_eq!(v.state, VideoState::Failed, "{} should fail", names[i]);
-        assert_eq!(v.failed_stage.as_deref(), Some(stage), "{}: {:?}", names[i], v.error);
-        let err = v.error.clone().unwrap_or_default();
+        let d = by(i);
+        let (state, failed_stage, err) = if stage == "extract" {
+            assert_eq!(d.video.state, VideoState::Downloaded, "{}", names[i]);
+            let e = extraction(d);
+            assert_eq!((e.state, e.frames_dir.as_deref()), (ExtractionState::Failed, None), "{}", names[i]);
+            let p = &d.projects[0];
+            (p.state == ProjectVideoState::Failed, p.failed_stage.clone(), p.error.clone().unwrap_or_default())
+        } else {
+            assert!(d.projects[0].extraction.is_none(), "{}", names[i]);
+            (
+                d.video.state == VideoState::Failed,
+                d.video.failed_stage.clone(),
+                d.video.error.clone().unwrap_or_default(),
+            )
+        };
+        assert!(state, "{} should fail", names[i]);
+        assert_eq!(failed_stage.as_deref(), Some(stage), "{}: {err:?}", names[i]);
         assert!(err.contains(needle), "{}: error {err:?} lacks {needle:?}", names[i]);
-        assert_eq!(v.frames_dir, None);
     };
     failed(6, "extract", "ffmpeg reported errors");
     failed(7, "extract", "ffmpeg reported errors");
@@ -110,9 +136,9 @@ async fn interval_frames_over_many_sources(db: Db) {
     // /status (text) lists where the frames are.
     let text = e.app.user(reqwest::Method::GET, "/status").header("accept", "text/plain").send().await.expect("status");
     let text = text.text().await.expect("text");
-    let dir = by(0).video.frames_dir.clone().expect("frames dir");
+    let dir = frames_dir(by(0));
     assert!(
-        text.contains(&format!("#{:<6}EXTRACTED   ", ids[0])) && text.contains(&format!("5 frames in {dir}/")),
+        text.contains(&format!("#{:<6}DOWNLOADED  ", ids[0])) && text.contains(&format!("5 frames in {dir}/")),
         "{text}"
     );
 
@@ -135,5 +161,71 @@ async fn full_disk_is_retryable_until_attempts_run_out(db: Db) {
     let t = done[0].tasks.iter().find(|t| t.stage.as_str() == "download").expect("download task");
     assert_eq!(t.attempts, 3, "a full disk is retried (another node may have room)");
     assert!(e.media.gets("cfr10.mp4").len() <= 3);
+    e.app.stop().await;
+}
+
+async fn failures_name_the_cause_without_agent_paths(db: Db) {
+    let e = env(db, |_| {}).await;
+    media::put_fixture("empty.mp4", b"");
+    let claim = media::claimed_duration_fixture();
+    let agent = e.agent("a1", &[]).await;
+    e.project("p", json!({})).await;
+    let urls = [
+        e.media.url("empty.mp4"),
+        format!("http://localhost:{}/empty.mp4", e.media.port), // through yt-dlp
+        e.media.url("not-a-video.mp4"),
+        e.media.url(claim),
+    ];
+    let ids: Vec<i64> = e.submit(&urls, "p").await.iter().map(|v| v.id).collect();
+    let done = e.settle(&ids, SETTLE, &[&agent]).await;
+    let root = e.data.0.to_string_lossy().into_owned();
+    let errors: Vec<String> = done
+        .iter()
+        .map(|d| {
+            assert_eq!(d.video.state, VideoState::Failed, "{:?}", d.video);
+            assert_eq!(d.video.failed_stage.as_deref(), Some("download"));
+            let err = d.video.error.clone().unwrap_or_default();
+            assert!(!err.contains(&root), "the agent's data root {root} shows in {err:?}");
+            for t in &d.tasks {
+                let last = t.last_error.clone().unwrap_or_default();
+                assert!(!last.contains(&root), "the agent's data root {root} shows in the task's {last:?}");
+            }
+            err
+        })
+        .collect();
+    assert!(errors[0].starts_with("empty response (Content-Length 0) from "), "{}", errors[0]);
+    assert!(errors[1].starts_with("empty file from http://localhost:"), "{}", errors[1]);
+    // ffprobe names the file it read: relative to the data root.
+    assert!(errors[2].contains("not a readable video"), "{}", errors[2]);
+    assert!(errors[2].contains(&format!(" videos/{}/", ids[2])), "{}", errors[2]);
+    // Empty and over-the-limit files are not worth another attempt.
+    for d in &done {
+        let t = d.tasks.iter().find(|t| t.last_error.is_some()).expect("failed task");
+        assert_eq!(t.attempts, 1, "{:?} retried", d.video.error);
+    }
+    assert_eq!(
+        errors[3],
+        "the container claims a duration of 4294967.3 s (49.7 days) for a video stream of 3.0 s; \
+         the claim is more than the limit of 14400 s"
+    );
+    e.app.stop().await;
+}
+
+async fn a_containers_claim_is_recorded_beside_the_stream(db: Db) {
+    let e = env(db, |_| {}).await;
+    let claim = media::claimed_duration_fixture();
+    let agent = e.agent("a1", &[("DATAMINER_MAX_VIDEO_DURATION_S", "5000000")]).await;
+    e.project("p", json!({"interval_frames": 7})).await;
+    let id = e.submit(&[e.media.url(claim)], "p").await[0].id;
+    let done = e.settle(&[id], SETTLE, &[&agent]).await;
+    let v = &done[0].video;
+    assert_eq!(v.state, VideoState::Downloaded, "{:?}", v.error);
+    assert_eq!(extraction(&done[0]).state, ExtractionState::Extracted);
+    // The stream's real duration is the video's, the claim is recorded beside it; the frames
+    // come from the real stream.
+    assert_eq!((v.duration_s, v.container_duration_s), (Some(3.0), Some(4_294_967.295)));
+    assert_eq!(e.frames(&done[0]), vec![(0, 0), (7, 700_000), (14, 1_400_000), (21, 2_100_000), (28, 2_800_000)]);
+    let m = e.manifest(&done[0]);
+    assert_eq!((m.source.duration_s, m.source.container_duration_s), (Some(3.0), Some(4_294_967.295)));
     e.app.stop().await;
 }

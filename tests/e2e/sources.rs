@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use dataminer_tests::{media, Db};
-use dataminer_wire::VideoState;
+use dataminer_wire::{ExtractionState, VideoState};
 use serde_json::json;
 
-use crate::harness::env;
+use crate::harness::{env, extraction};
 
 both!(platform_url_goes_through_ytdlp, cut_download_resumes_with_if_range);
 
@@ -22,7 +22,8 @@ async fn platform_url_goes_through_ytdlp(db: Db) {
     let done = e.settle(&[v], SETTLE, &[&agent]).await;
     let d = &done[0];
     assert_eq!(d.video.source_kind, "platform");
-    assert_eq!(d.video.state, VideoState::Extracted, "{:?}", d.video.error);
+    assert_eq!(d.video.state, VideoState::Downloaded, "{:?}", d.video.error);
+    assert_eq!(extraction(d).state, ExtractionState::Extracted);
     assert_eq!(d.video.sha256.as_deref(), Some(media::sha256_of("cfr10.mp4").as_str()));
     assert_eq!(e.frames(d), vec![(0, 0), (7, 700_000), (14, 1_400_000), (21, 2_100_000), (28, 2_800_000)]);
     let ua = e.media.gets("cfr10.mp4").first().and_then(|r| r.headers.get("user-agent").cloned()).unwrap_or_default();

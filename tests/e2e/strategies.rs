@@ -6,7 +6,7 @@ use std::time::Duration;
 use dataminer_tests::Db;
 use serde_json::json;
 
-use crate::harness::env;
+use crate::harness::{env, frames_dir};
 
 both!(interval_seconds_on_ntsc_vfr_and_offset_start, scene_and_diff_on_hard_cuts, frame_cap_and_quality);
 
@@ -81,7 +81,7 @@ async fn frame_cap_and_quality(db: Db) {
     assert_eq!(e.frames(&done[1]), vec![(0, 0), (25, 2_500_000)]);
     // Quality 100 (qscale 2) makes a larger first frame than quality 1 (qscale 31).
     let size = |d: &dataminer_wire::VideoDetail| {
-        let dir = e.data.0.join(d.video.frames_dir.as_deref().expect("dir"));
+        let dir = e.data.0.join(frames_dir(d));
         std::fs::metadata(dir.join("frame_000001.jpg")).expect("frame").len()
     };
     assert!(size(&done[0]) > 2 * size(&done[1]), "{} vs {}", size(&done[0]), size(&done[1]));

@@ -27,6 +27,7 @@ macro_rules! both {
     };
 }
 
+pub mod fake_cp;
 pub mod media;
 pub mod server;
 
@@ -340,6 +341,7 @@ pub fn result_for(t: &LeasedTask, content: u64, kept: i64) -> StageResult {
             codec: Some("h264".into()),
             start_time_s: Some(0.0),
             stream_frames: Some(300),
+            container_duration_s: Some(10.0),
         },
         Stage::Extract => {
             StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/manifest.json"), frame_count: 10 }

@@ -147,6 +147,30 @@ pub fn copy_fixture(from: &str, to: &str) {
     }
 }
 
+/// A fixture with these bytes (written once, atomically: tests run in parallel threads).
+pub fn put_fixture(name: &str, bytes: &[u8]) {
+    let d = fixtures();
+    if !d.join(name).exists() {
+        let tmp = d.join(format!(".{name}.{}.{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::write(&tmp, bytes).expect("write fixture");
+        std::fs::rename(&tmp, d.join(name)).expect("rename fixture");
+    }
+}
+
+/// `cfr10.mp4` (3 s of video) whose movie header claims 2^32 − 1 ms, 49.7 days: the case of
+/// a container that claims far more than its stream holds. Named `claims-49-days.mp4`.
+pub fn claimed_duration_fixture() -> &'static str {
+    const NAME: &str = "claims-49-days.mp4";
+    let mut b = std::fs::read(fixtures().join("cfr10.mp4")).expect("read cfr10.mp4");
+    let i = b.windows(4).position(|w| w == b"mvhd").expect("mvhd box");
+    // version 0: version+flags, creation, modification, timescale, duration (32-bit each).
+    assert_eq!(b[i + 4], 0, "mvhd version 0");
+    assert_eq!(b[i + 16..i + 20], 1000u32.to_be_bytes(), "movie timescale 1000");
+    b[i + 20..i + 24].copy_from_slice(&u32::MAX.to_be_bytes());
+    put_fixture(NAME, &b);
+    NAME
+}
+
 /// Lowercase hex SHA-256 of a fixture, by `sha256sum` (independent of the agent's code).
 pub fn sha256_of(name: &str) -> String {
     let out = Command::new("sha256sum").arg(fixtures().join(name)).output().expect("sha256sum");

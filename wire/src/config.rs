@@ -60,6 +60,27 @@ pub struct ExtractConfig {
     pub jpeg_quality: u32,
 }
 
+impl ExtractConfig {
+    /// The identity of an extraction's settings: canonical JSON of exactly the fields the
+    /// strategy uses (a `scene_threshold` means nothing to `interval_frames`), so projects
+    /// whose settings differ only in unused fields share one extraction.
+    pub fn settings_key(&self) -> String {
+        let (param, value) = match self.strategy {
+            ExtractStrategy::IntervalFrames => ("interval_frames", serde_json::json!(self.interval_frames)),
+            ExtractStrategy::IntervalSeconds => ("interval_seconds", serde_json::json!(self.interval_seconds)),
+            ExtractStrategy::Scene => ("scene_threshold", serde_json::json!(self.scene_threshold)),
+            ExtractStrategy::Diff => ("diff_threshold", serde_json::json!(self.diff_threshold)),
+        };
+        // serde_json's map is ordered by key, which makes the text canonical.
+        let mut m = serde_json::Map::new();
+        m.insert("strategy".into(), serde_json::json!(self.strategy));
+        m.insert(param.into(), value);
+        m.insert("max_frames_per_video".into(), serde_json::json!(self.max_frames_per_video));
+        m.insert("jpeg_quality".into(), serde_json::json!(self.jpeg_quality));
+        serde_json::Value::Object(m).to_string()
+    }
+}
+
 impl Default for ExtractConfig {
     fn default() -> Self {
         Self {
@@ -257,6 +278,30 @@ mod tests {
         for body in [r#"{"extrac":{}}"#, r#"{"filter":{"treshold":0.3}}"#, r#"{"dedup":{"k":3}}"#] {
             assert!(serde_json::from_str::<ProjectConfig>(body).is_err(), "{body} accepted");
         }
+    }
+
+    #[test]
+    fn settings_keys_name_only_the_fields_the_strategy_uses() {
+        let a = ExtractConfig::default();
+        let mut b = a.clone();
+        b.scene_threshold = 0.9;
+        b.interval_seconds = 7.0;
+        assert_eq!(a.settings_key(), b.settings_key());
+        assert_eq!(
+            a.settings_key(),
+            r#"{"interval_frames":30,"jpeg_quality":95,"max_frames_per_video":5000,"strategy":"interval_frames"}"#
+        );
+        b.interval_frames = 31;
+        assert_ne!(a.settings_key(), b.settings_key());
+        let mut s = a.clone();
+        s.strategy = ExtractStrategy::IntervalSeconds;
+        assert_eq!(
+            s.settings_key(),
+            r#"{"interval_seconds":1.0,"jpeg_quality":95,"max_frames_per_video":5000,"strategy":"interval_seconds"}"#
+        );
+        let mut q = a.clone();
+        q.jpeg_quality = 90;
+        assert_ne!(a.settings_key(), q.settings_key());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{AgentView, ProjectState, VideoState};
+use crate::{AgentView, ExtractionView, ProjectState, VideoState};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusReport {
@@ -34,8 +34,9 @@ pub struct RecentVideo {
     /// Redacted (no credentials or query values).
     pub url: String,
     pub state: VideoState,
-    pub frame_count: Option<i64>,
-    pub frames_dir: Option<String>,
+    /// The extractions of its content its projects use, each with its frames.
+    #[serde(default)]
+    pub extractions: Vec<ExtractionView>,
     pub error: Option<String>,
     pub updated_at_ms: i64,
 }

@@ -230,6 +230,10 @@ pub enum StageResult {
         #[serde(default)]
         #[schema(minimum = 0)]
         stream_frames: Option<i64>,
+        /// The duration the container claims (ffprobe's format duration), seconds, when it
+        /// differs from the stream's: `duration_s` is the video stream's real duration.
+        #[serde(default)]
+        container_duration_s: Option<f64>,
     },
     Extract {
         #[schema(pattern = "^[^\\u0000]*$")]
@@ -370,6 +374,9 @@ pub struct TaskView {
     pub state: TaskState,
     pub video_id: i64,
     pub project: Option<String>,
+    /// Extract tasks: the extraction (content × settings) they produce.
+    #[serde(default)]
+    pub extraction_id: Option<i64>,
     pub attempts: u32,
     pub max_attempts: u32,
     pub priority: i64,

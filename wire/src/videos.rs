@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::TaskView;
+use crate::{ExtractConfig, TaskView};
 
 /// `POST /v1/videos`: submit URLs to one or more projects.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -35,25 +35,23 @@ pub struct SubmittedVideo {
     pub state: VideoState,
 }
 
+/// A video's state is its download's: frames belong to extractions (one per content and
+/// extract settings, shared by the project-videos with those settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum VideoState {
     Pending,
     Downloading,
     Downloaded,
-    Extracting,
-    Extracted,
     Failed,
     Cancelled,
 }
 
 impl VideoState {
-    pub const ALL: [VideoState; 7] = [
+    pub const ALL: [VideoState; 5] = [
         VideoState::Pending,
         VideoState::Downloading,
         VideoState::Downloaded,
-        VideoState::Extracting,
-        VideoState::Extracted,
         VideoState::Failed,
         VideoState::Cancelled,
     ];
@@ -63,8 +61,6 @@ impl VideoState {
             VideoState::Pending => "PENDING",
             VideoState::Downloading => "DOWNLOADING",
             VideoState::Downloaded => "DOWNLOADED",
-            VideoState::Extracting => "EXTRACTING",
-            VideoState::Extracted => "EXTRACTED",
             VideoState::Failed => "FAILED",
             VideoState::Cancelled => "CANCELLED",
         }
@@ -73,6 +69,61 @@ impl VideoState {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|v| v.as_str() == s)
     }
+}
+
+/// The state of one extraction (content × extract settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExtractionState {
+    /// Its extract task waits in the queue.
+    Pending,
+    Extracting,
+    Extracted,
+    Failed,
+    Cancelled,
+}
+
+impl ExtractionState {
+    pub const ALL: [ExtractionState; 5] = [
+        ExtractionState::Pending,
+        ExtractionState::Extracting,
+        ExtractionState::Extracted,
+        ExtractionState::Failed,
+        ExtractionState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtractionState::Pending => "PENDING",
+            ExtractionState::Extracting => "EXTRACTING",
+            ExtractionState::Extracted => "EXTRACTED",
+            ExtractionState::Failed => "FAILED",
+            ExtractionState::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Frames of one content (sha256) extracted with one set of extract settings. Every
+/// project-video whose project asked for those settings uses it; other settings get their
+/// own extraction, never another project's frames.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExtractionView {
+    pub id: i64,
+    pub state: ExtractionState,
+    /// The video whose downloaded file is extracted (identical content is extracted once).
+    pub video_id: i64,
+    pub sha256: String,
+    /// The extract settings (as the project gave them when the video joined it).
+    pub settings: ExtractConfig,
+    pub frames_dir: Option<String>,
+    pub manifest_path: Option<String>,
+    pub frame_count: Option<i64>,
+    pub error: Option<String>,
+    pub updated_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -159,12 +210,13 @@ pub struct VideoView {
     pub start_time_s: Option<f64>,
     /// Frames the container declares for the video stream (absent when unknown).
     pub stream_frames: Option<i64>,
+    /// The duration the container claims, seconds (may exceed `duration_s`, the video
+    /// stream's real duration, for a broken or hostile file).
+    #[serde(default)]
+    pub container_duration_s: Option<f64>,
     pub file_path: Option<String>,
-    pub frames_dir: Option<String>,
-    pub manifest_path: Option<String>,
-    pub frame_count: Option<i64>,
-    /// Set when this video's content (same sha256) is another video's: its frames are that
-    /// video's frames and it is never extracted again.
+    /// Set when this video's content (same sha256) is another video's: that video's file is
+    /// the one extracted, once per extract settings, for both.
     pub content_of: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -174,7 +226,10 @@ pub struct VideoView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VideoDetail {
     pub video: VideoView,
+    /// Each project-video names the extraction it uses.
     pub projects: Vec<ProjectVideoView>,
+    /// The extractions of this video's content that its projects use.
+    pub extractions: Vec<ExtractionView>,
     /// Every task of the video and its project-videos, oldest first.
     pub tasks: Vec<TaskView>,
 }
@@ -195,4 +250,7 @@ pub struct ProjectVideoView {
     pub detect_dir: Option<String>,
     /// Position at which this video entered the project's kept set.
     pub kept_seq: Option<i64>,
+    /// The extraction whose frames this project-video uses (absent until the video's
+    /// content is known, i.e. before its download completes).
+    pub extraction: Option<ExtractionView>,
 }

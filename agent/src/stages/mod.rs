@@ -95,6 +95,65 @@ pub fn relative_to_root(root: &Path, file: &Path) -> Result<String, TaskError> {
     Ok(parts.join("/"))
 }
 
+/// Rewrites every path under the data root in a message as a path relative to it, so that
+/// errors reported to the control plane (and shown by its API) never reveal where this agent
+/// mounted the shared root: `/mnt/dm/videos/29/61.1/video.mp4` → `videos/29/61.1/video.mp4`.
+#[derive(Debug, Clone)]
+pub struct RootScrubber {
+    /// The root as configured, absolute and canonical, longest first.
+    prefixes: Vec<String>,
+}
+
+impl RootScrubber {
+    /// Resolves the root's spellings once (it may be relative, or reached through a link).
+    pub fn new(root: &Path) -> Self {
+        let mut prefixes: Vec<String> =
+            [Some(root.to_path_buf()), std::path::absolute(root).ok(), root.canonicalize().ok()]
+                .into_iter()
+                .flatten()
+                .map(|p| p.to_string_lossy().trim_end_matches('/').to_string())
+                .filter(|p| !p.is_empty() && p != ".")
+                .collect();
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        prefixes.dedup();
+        Self { prefixes }
+    }
+
+    pub fn scrub(&self, msg: &str) -> String {
+        let mut out = msg.to_string();
+        for p in &self.prefixes {
+            out = replace_path_prefix(&out, p);
+        }
+        out
+    }
+}
+
+/// Replaces `prefix/` by nothing and a bare `prefix` by `<data root>`, where `prefix` starts
+/// a path (not in the middle of another word or path: `metadata/` is not `data/`).
+fn replace_path_prefix(msg: &str, prefix: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(prefix) {
+        let before = rest[..i].chars().next_back();
+        let starts_path = before.is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '/' | '.' | '_' | '-')));
+        let after = &rest[i + prefix.len()..];
+        out.push_str(&rest[..i]);
+        if starts_path && after.starts_with('/') {
+            rest = &after[1..];
+        } else if starts_path
+            && after.chars().next().is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            out.push_str("<data root>");
+            rest = after;
+        } else {
+            out.push_str(prefix);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Fails retryably when writing `need` more bytes would leave less than the configured
 /// minimum free on the data root (another node may have room; this one may be cleaned).
 pub fn ensure_free_space(config: &Config, dir: &Path, need: u64) -> Result<(), TaskError> {
@@ -120,5 +179,26 @@ mod tests {
             assert!(data_path(root, bad).is_err(), "{bad} accepted");
         }
         assert_eq!(relative_to_root(root, Path::new("/data/videos/1/a.mp4")).expect("rel"), "videos/1/a.mp4");
+    }
+
+    #[test]
+    fn errors_never_show_the_data_root() {
+        let s = RootScrubber::new(Path::new("/srv/dm-root/"));
+        assert_eq!(
+            s.scrub("not a readable video (ffprobe: /srv/dm-root/videos/29/61.1/video.mp4: moov atom not found)"),
+            "not a readable video (ffprobe: videos/29/61.1/video.mp4: moov atom not found)"
+        );
+        assert_eq!(
+            s.scrub("create /srv/dm-root: denied; /srv/dm-rooted/x"),
+            "create <data root>: denied; /srv/dm-rooted/x"
+        );
+        let rel = RootScrubber::new(Path::new("data"));
+        let cwd = std::env::current_dir().expect("cwd");
+        let abs = format!("{}/data/frames_raw/1/2.3/frame_000001.jpg", cwd.display());
+        assert_eq!(
+            rel.scrub(&format!("ffmpeg did not write {abs}")),
+            "ffmpeg did not write frames_raw/1/2.3/frame_000001.jpg"
+        );
+        assert_eq!(rel.scrub("data/videos/1 and metadata/x and /x/data/y"), "videos/1 and metadata/x and /x/data/y");
     }
 }

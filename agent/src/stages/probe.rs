@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::children;
 use crate::error::TaskError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +17,9 @@ pub struct VideoInfo {
     pub duration_s: Option<f64>,
     /// The video stream's duration when it has one, seconds.
     pub stream_duration_s: Option<f64>,
+    /// The duration the container claims (its header), seconds. It can be far from the
+    /// stream's: a broken or hostile header may claim 49.7 days for 2 s of video.
+    pub container_duration_s: Option<f64>,
     pub fps: Option<f64>,
     pub width: Option<i64>,
     pub height: Option<i64>,
@@ -54,18 +58,20 @@ struct ProbeFormat {
 /// Probes `file`; a file without a video stream or that ffprobe cannot read is fatal (it is
 /// not a video, and will not become one on retry).
 pub async fn probe(ffprobe: &Path, file: &Path) -> Result<VideoInfo, TaskError> {
-    let mut cmd = tokio::process::Command::new(ffprobe);
+    let cannot_run = |e: std::io::Error| TaskError::fatal(format!("cannot run {}: {e}", ffprobe.display()));
+    let mut cmd = children::command(ffprobe).map_err(cannot_run)?;
     cmd.args(["-v", "error", "-protocol_whitelist", "file", "-print_format", "json", "-show_format", "-show_streams"])
         .args(["-select_streams", "v:0"])
         .arg(file)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .stderr(Stdio::piped());
+    let child = children::Child::spawn(&mut cmd).map_err(cannot_run)?;
+    // On a time-out (or a stopped task) the child is dropped: its lifeline closes and the
+    // supervisor kills ffprobe.
+    let out = tokio::time::timeout(Duration::from_secs(120), child.output())
         .await
         .map_err(|_| TaskError::retryable("ffprobe did not finish within 120 s"))?
-        .map_err(|e| TaskError::fatal(format!("cannot run {}: {e}", ffprobe.display())))?;
+        .map_err(|e| TaskError::retryable(format!("waiting for ffprobe: {e}")))?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
         return Err(TaskError::fatal(format!("not a readable video (ffprobe: {})", first_lines(&stderr))));
@@ -94,6 +100,7 @@ fn parse(json: &[u8]) -> Result<VideoInfo, String> {
         // The stream's own duration first: a container's can include a start offset.
         duration_s: stream_duration_s.or(format_duration),
         stream_duration_s,
+        container_duration_s: format_duration,
         fps,
         width: s.width,
         height: s.height,
@@ -123,6 +130,7 @@ mod tests {
         assert_eq!(v.codec.as_deref(), Some("h264"));
         assert_eq!(v.duration_s, Some(4.004));
         assert_eq!(v.stream_duration_s, Some(4.004));
+        assert_eq!(v.container_duration_s, Some(4.1));
         assert!((v.fps.unwrap_or(0.0) - 29.97).abs() < 0.01);
         assert_eq!(v.start_time_s, Some(1.5));
         assert_eq!(v.frame_count, Some(120));

@@ -40,8 +40,15 @@ struct Args {
     only: String,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The agent's stages run their tools under a supervisor that is this binary re-executed.
+    if let Some(code) = dataminer_agent::children::supervisor_main() {
+        std::process::exit(code);
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench())
+}
+
+async fn bench() -> Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.dir)?;
     let dir = std::fs::canonicalize(&a.dir)?;

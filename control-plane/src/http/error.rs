@@ -36,7 +36,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorBody::new(self.code, self.message))).into_response()
+        let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut r = (self.status, axum::Json(ErrorBody::new(self.code, self.message))).into_response();
+        if unavailable {
+            // The database is down; clients (agents included) retry after this.
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 

@@ -168,10 +168,18 @@ pub fn render_text(r: &StatusReport) -> String {
         let _ = writeln!(o, "  (none)");
     }
     for v in &r.recent_videos {
-        let what = match (&v.frames_dir, v.frame_count, &v.error) {
-            (Some(d), Some(n), _) => format!("{n} frames in {d}/"),
-            (_, _, Some(e)) => format!("error: {}", e.chars().take(120).collect::<String>()),
-            _ => "-".into(),
+        let frames: Vec<String> = v
+            .extractions
+            .iter()
+            .map(|e| match (&e.frames_dir, e.frame_count) {
+                (Some(d), Some(n)) => format!("{n} frames in {d}/"),
+                _ => format!("extraction {} {}", e.id, e.state.as_str()),
+            })
+            .collect();
+        let what = match (&v.error, frames.is_empty()) {
+            (Some(e), _) => format!("error: {}", e.chars().take(120).collect::<String>()),
+            (None, false) => frames.join("; "),
+            (None, true) => "-".into(),
         };
         let _ = writeln!(o, "  #{:<6}{:<12}{}  {}", v.id, v.state.as_str(), v.url, what);
     }

@@ -38,7 +38,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, name, node, stages, capabilities, version, registered_at, last_seen FROM agents ORDER BY name",
         )
-        .fetch_all(self.reader())
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter()
             .map(|r| {

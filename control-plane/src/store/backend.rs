@@ -34,15 +34,14 @@ impl Backend {
 
     /// Epoch milliseconds from the database clock. The embedded SQLite database lives in
     /// this process, so its clock is this process's clock: no round trip to ask it.
-    pub(crate) async fn now<'c, E>(self, executor: E) -> sqlx::Result<i64>
+    /// Its clock is monotonic after start (see `Health::clock_ms`), so a wall-clock step
+    /// does not expire every lease at once.
+    pub(crate) async fn now<'c, E>(self, executor: E, health: &super::health::Health) -> sqlx::Result<i64>
     where
         E: sqlx::Executor<'c, Database = Any>,
     {
         match self {
-            Backend::Sqlite => Ok(std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)),
+            Backend::Sqlite => Ok(health.clock_ms()),
             Backend::Postgres => {
                 sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
                     .fetch_one(executor)
@@ -69,6 +68,14 @@ impl Backend {
         match self {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Shared row lock for a read that decides (a join reading its video's state).
+    pub(crate) fn share_rows(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
         }
     }
 
@@ -122,14 +129,36 @@ impl Backend {
 }
 
 /// True for errors that only mean "another transaction got in the way" (deadlock, PostgreSQL
-/// serialisation failure, a concurrency-key race caught by the unique index, SQLite busy):
-/// the transaction rolled back entirely, so running it again is safe.
+/// serialisation failure, SQLite busy, or the one known unique race: two lease transactions
+/// taking the same concurrency key, caught by `tasks_key_leased`): the transaction rolled
+/// back entirely, so running it again is safe. Any other unique violation is a bug and is
+/// not retried.
 pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             matches!(db.code().as_deref(), Some("40P01") | Some("40001") | Some("5") | Some("6"))
-                || is_unique_violation(e)
+                || (is_unique_violation(e)
+                    && (db.constraint() == Some("tasks_key_leased") || db.message().contains("tasks.concurrency_key")))
         }
+        _ => false,
+    }
+}
+
+/// True for failures to reach the database (refused or dropped connection, pool timeout,
+/// server shutting down or not accepting connections): the request may succeed later.
+pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                // The database refuses new connections (ALLOW_CONNECTIONS false, maintenance).
+                || (c == "55000" && db.message().contains("not currently accepting connections"))
+        }),
         _ => false,
     }
 }

@@ -7,11 +7,13 @@
 
 mod agents;
 mod backend;
-mod pipeline;
+mod health;
+mod machine;
 mod projects;
+mod queue;
 mod rows;
+mod stages;
 mod status;
-mod tasks;
 mod videos;
 
 use std::sync::Arc;
@@ -22,7 +24,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
 
 pub use backend::{Backend, NOTIFY_CHANNEL};
-pub use tasks::{CompleteOutcome, FailOutcome, HeartbeatOutcome, ReapReport, MAX_BATCH};
+pub use health::WallClock;
+pub use queue::{CompleteOutcome, FailOutcome, HeartbeatOutcome, ReapReport, MAX_BATCH};
 pub use videos::VideoFilter;
 
 use crate::metrics::Metrics;
@@ -41,7 +44,10 @@ pub enum StoreError {
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+    /// 503: the database cannot be reached right now (retry later).
+    #[error("the database is unavailable; retry shortly ({0})")]
+    Unavailable(String),
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database cannot be set up (directory, lock held by another process).
@@ -53,6 +59,18 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for StoreError {
+    /// Connection-class failures become `Unavailable` (503, retry), everything else stays an
+    /// internal error.
+    fn from(e: sqlx::Error) -> Self {
+        if backend::is_connection_error(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
 
 impl StoreError {
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
@@ -69,6 +87,7 @@ impl StoreError {
             StoreError::NotFound(_) => Some((404, "not_found")),
             StoreError::Conflict { code, .. } => Some((409, code)),
             StoreError::Invalid { code, .. } => Some((422, code)),
+            StoreError::Unavailable(_) => Some((503, "database_unavailable")),
             _ => None,
         }
     }
@@ -109,6 +128,11 @@ pub struct StoreSettings {
     pub platform_hosts: Vec<String>,
     /// PostgreSQL connection pool size (SQLite uses one writer and four readers).
     pub db_max_connections: u32,
+    /// How long a request waits for a database connection before it is answered 503.
+    pub db_acquire_timeout_ms: u64,
+    /// The embedded database's wall clock (read once at start; time then advances with the
+    /// monotonic clock). Tests replace it.
+    pub wall_clock: WallClock,
 }
 
 impl Default for StoreSettings {
@@ -128,6 +152,8 @@ impl Default for StoreSettings {
             agent_alive_ms: 60_000,
             platform_hosts: Vec::new(),
             db_max_connections: 16,
+            db_acquire_timeout_ms: 2_000,
+            wall_clock: WallClock::system(),
         }
     }
 }
@@ -147,6 +173,7 @@ struct Inner {
     settings: StoreSettings,
     wakeup: Wakeup,
     metrics: Metrics,
+    health: health::Health,
     /// SQLite: an exclusive lock on `<db>.lock`, held for the life of the store, so a second
     /// control-plane process on the same file refuses to start.
     _file_lock: Option<std::fs::File>,
@@ -187,16 +214,27 @@ impl Store {
                 let url = with_statement_cache(url);
                 let pool = AnyPoolOptions::new()
                     .max_connections(settings.db_max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(Duration::from_millis(settings.db_acquire_timeout_ms))
                     .connect(&url)
                     .await?;
                 (Backend::Postgres, pool.clone(), pool)
             }
         };
+        let health = health::Health::new(&settings);
         let store = Store {
-            inner: Arc::new(Inner { backend, writer, reader, settings, wakeup, metrics, _file_lock: file_lock }),
+            inner: Arc::new(Inner {
+                backend,
+                writer,
+                reader,
+                settings,
+                wakeup,
+                metrics,
+                health,
+                _file_lock: file_lock,
+            }),
         };
         store.migrate().await?;
+        stages::extract::rekey_legacy(&store).await?;
         Ok(store)
     }
 
@@ -226,30 +264,53 @@ impl Store {
         &self.inner.metrics
     }
 
-    pub(crate) fn reader(&self) -> &AnyPool {
-        &self.inner.reader
+    /// The read pool, unless the database is known to be down (then 503 at once instead of
+    /// a wait for a connection).
+    pub(crate) fn reader(&self) -> Result<&AnyPool> {
+        self.inner.health.check()?;
+        Ok(&self.inner.reader)
     }
 
     /// Starts a write transaction the backend's way (SQLite: `BEGIN IMMEDIATE`, so the
     /// write lock is taken up front and a read-then-write can never be invalidated).
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.inner.backend.begin_write(&self.inner.writer).await?)
+        self.inner.health.check()?;
+        let r = self.inner.backend.begin_write(&self.inner.writer).await;
+        self.inner.health.observe(r.as_ref().err());
+        Ok(r?)
+    }
+
+    /// True while leases are in their grace period: for one lease TTL after this process
+    /// started or regained its database, an expired lease is not taken away (its agent may
+    /// not have been able to heartbeat through the outage).
+    pub(crate) fn lease_grace(&self) -> bool {
+        self.inner.health.in_grace()
     }
 
     /// The database clock in epoch milliseconds. Leases, backoff and expiry all use it, so
     /// agents' and replicas' clocks never matter.
     pub(crate) async fn now(&self, tx: &mut Transaction<'static, Any>) -> Result<i64> {
-        Ok(self.inner.backend.now(&mut **tx).await?)
+        Ok(self.inner.backend.now(&mut **tx, &self.inner.health).await?)
     }
 
     pub(crate) async fn now_read(&self) -> Result<i64> {
-        Ok(self.inner.backend.now(&self.inner.reader).await?)
+        Ok(self.inner.backend.now(self.reader()?, &self.inner.health).await?)
     }
 
-    /// Readiness: can we run a query?
+    /// Readiness: can we run a query? (Never short-circuited: this is how recovery is seen.)
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.inner.reader).await?;
+        let r = sqlx::query("SELECT 1").execute(&self.inner.reader).await;
+        self.inner.health.observe(r.as_ref().err());
+        r?;
         Ok(())
+    }
+
+    /// Wakes `stage`'s waiters again after each delay (ms): a task requeued with backoff
+    /// becomes runnable then, and nobody should wait for the slow poll to notice.
+    pub(crate) fn wake_later(&self, later: &[(Stage, i64)], _now: i64) {
+        for (stage, delay) in later {
+            self.inner.wakeup.notify_after(*stage, Duration::from_millis((*delay).max(0) as u64));
+        }
     }
 
     /// Commits and then wakes every long-polling lease request for the stages that got new

@@ -7,7 +7,7 @@ use sqlx::Row;
 use tracing::instrument;
 
 use super::backend::is_unique_violation;
-use super::pipeline;
+use super::stages;
 use super::{Result, Store, StoreError};
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`: safe as a path component and in URLs.
@@ -71,21 +71,21 @@ impl Store {
 
     pub async fn list_projects(&self, after: i64, limit: i64) -> Result<Vec<ProjectView>> {
         let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE id > $1 ORDER BY id LIMIT $2");
-        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(self.reader()).await?;
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(self.reader()?).await?;
         rows.iter().map(project).collect()
     }
 
     pub async fn get_project(&self, name: &str) -> Result<ProjectView> {
         let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE name = $1");
-        match sqlx::query(&sql).bind(name).fetch_optional(self.reader()).await? {
+        match sqlx::query(&sql).bind(name).fetch_optional(self.reader()?).await? {
             Some(r) => project(&r),
             None => Err(StoreError::NotFound(format!("project {name:?} not found"))),
         }
     }
 
     /// Replaces a project's configuration. Tasks leased from now on read the new settings;
-    /// running ones keep the settings they were leased with. Extract settings only apply to
-    /// videos submitted afterwards (a video is extracted once, for all its projects).
+    /// running ones keep the settings they were leased with. Extract settings apply to
+    /// project-videos that join afterwards (each keeps the settings it joined with).
     #[instrument(skip(self, config))]
     pub async fn update_project_config(&self, name: &str, config: &ProjectConfig) -> Result<ProjectView> {
         let config = check_config(config)?;
@@ -110,7 +110,7 @@ impl Store {
         let row = sqlx::query(&sql).bind(now).bind(name).fetch_optional(&mut *tx).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
         let id: i64 = row.try_get("id")?;
-        pipeline::cancel_open_work(&mut tx, pipeline::CancelScope::Project(id), now).await?;
+        stages::cancel_open_work(&mut tx, stages::CancelScope::Project(id), now).await?;
         tx.commit().await?;
         project(&row)
     }
@@ -125,7 +125,7 @@ impl Store {
              FROM project_videos WHERE project_id = $1 GROUP BY state",
         )
         .bind(p.id)
-        .fetch_all(self.reader())
+        .fetch_all(self.reader()?)
         .await?;
         let mut by_state: BTreeMap<String, i64> =
             ProjectVideoState::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();

@@ -23,7 +23,7 @@ impl Store {
     pub async fn queue_snapshot(&self) -> Result<(i64, QueueSnapshot)> {
         let now = self.now_read().await?;
         let rows = sqlx::query("SELECT stage, state, COUNT(*) AS n FROM tasks GROUP BY stage, state")
-            .fetch_all(self.reader())
+            .fetch_all(self.reader()?)
             .await?;
         let mut snap = QueueSnapshot::default();
         for r in &rows {
@@ -33,7 +33,7 @@ impl Store {
             "SELECT stage, MIN(run_after) AS oldest FROM tasks WHERE state = 'queued' AND run_after <= $1 GROUP BY stage",
         )
         .bind(now)
-        .fetch_all(self.reader())
+        .fetch_all(self.reader()?)
         .await?;
         for r in &rows {
             let oldest: Option<i64> = r.try_get("oldest")?;
@@ -59,14 +59,15 @@ impl Store {
             tasks.insert(stage.as_str().to_string(), per);
         }
         let mut videos: BTreeMap<String, i64> = VideoState::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
-        for r in sqlx::query("SELECT state, COUNT(*) AS n FROM videos GROUP BY state").fetch_all(self.reader()).await? {
+        for r in sqlx::query("SELECT state, COUNT(*) AS n FROM videos GROUP BY state").fetch_all(self.reader()?).await?
+        {
             videos.insert(r.try_get("state")?, r.try_get("n")?);
         }
         let rows = sqlx::query(
             "SELECT p.name, p.cancelled, pv.state, COUNT(pv.video_id) AS n FROM projects p \
              LEFT JOIN project_videos pv ON pv.project_id = p.id GROUP BY p.name, p.cancelled, pv.state ORDER BY p.name",
         )
-        .fetch_all(self.reader())
+        .fetch_all(self.reader()?)
         .await?;
         let mut projects: Vec<ProjectSummary> = Vec::new();
         for r in &rows {
@@ -99,25 +100,37 @@ impl Store {
             }
         }
         let agents = self.list_agents().await?;
-        let recent_videos = sqlx::query(&format!(
+        let recent = sqlx::query(&format!(
             "SELECT {} FROM videos v ORDER BY v.updated_at DESC, v.id DESC LIMIT {RECENT_VIDEOS}",
             super::rows::VIDEO_COLS
         ))
-        .fetch_all(self.reader())
+        .fetch_all(self.reader()?)
         .await?
         .iter()
-        .map(|r| {
-            super::rows::video(r).map(|v| RecentVideo {
+        .map(super::rows::video)
+        .collect::<Result<Vec<_>>>()?;
+        let mut recent_videos = Vec::with_capacity(recent.len());
+        for v in recent {
+            let extractions = sqlx::query(&format!(
+                "SELECT {} FROM extractions e WHERE e.id IN \
+                 (SELECT extraction_id FROM project_videos WHERE video_id = $1) ORDER BY e.id",
+                super::rows::EXTRACTION_COLS
+            ))
+            .bind(v.id)
+            .fetch_all(self.reader()?)
+            .await?
+            .iter()
+            .filter_map(|r| super::rows::extraction(r).transpose())
+            .collect::<Result<Vec<_>>>()?;
+            recent_videos.push(RecentVideo {
                 id: v.id,
                 url: v.url,
                 state: v.state,
-                frame_count: v.frame_count,
-                frames_dir: v.frames_dir,
+                extractions,
                 error: v.error,
                 updated_at_ms: v.updated_at_ms,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            });
+        }
         Ok(StatusReport {
             now_ms: now,
             backend: self.backend().name().to_string(),

@@ -136,16 +136,29 @@ pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);
-    if u.query().is_some() {
-        u.set_query(Some("…"));
-    }
     u.set_fragment(None);
-    u.to_string()
+    let had_query = u.query().is_some();
+    u.set_query(None);
+    // The mark is appended as text: through `set_query` it would be percent-encoded
+    // (`%E2%80%A6`) in every error a user reads.
+    if had_query {
+        format!("{u}?…")
+    } else {
+        u.to_string()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_marks_a_dropped_query_with_a_literal_ellipsis() {
+        let u = Url::parse("https://u:p@h.example/v.mp4?X-Amz-Signature=S3CRET#frag").expect("url");
+        assert_eq!(redact(&u), "https://h.example/v.mp4?…");
+        let u = Url::parse("https://h.example/v.mp4").expect("url");
+        assert_eq!(redact(&u), "https://h.example/v.mp4");
+    }
 
     #[derive(Debug)]
     struct Fixed(Vec<IpAddr>);

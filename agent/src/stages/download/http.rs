@@ -197,6 +197,11 @@ pub async fn fetch(
     let written = writer.await.map_err(|e| TaskError::retryable(format!("writer thread failed: {e}")))?;
     outcome?;
     let (sha256, size) = written?;
+    if size == 0 {
+        // Said plainly: ffprobe's "moov atom not found" on an empty file explains nothing.
+        let why = if total == Some(0) { "Content-Length 0" } else { "no body" };
+        return Err(TaskError::fatal(format!("empty response ({why}) from {}", redact(&current))));
+    }
     if let Some(t) = total {
         if size != t {
             return Err(TaskError::retryable(format!(
@@ -206,8 +211,15 @@ pub async fn fetch(
         }
     }
     let final_path = dir.join(format!("video.{ext}"));
-    std::fs::rename(&part, &final_path).map_err(|e| TaskError::io("rename finished download", e))?;
-    let _ = std::fs::remove_file(&meta_path);
+    let (from, to) = (part.clone(), final_path.clone());
+    tokio::task::spawn_blocking(move || {
+        std::fs::rename(&from, &to)?;
+        let _ = std::fs::remove_file(&meta_path);
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .map_err(|e| TaskError::retryable(format!("rename thread failed: {e}")))?
+    .map_err(|e| TaskError::io("rename finished download", e))?;
     Ok(Fetched { path: final_path, sha256, size, transferred: received, resumed_from: offset })
 }
 

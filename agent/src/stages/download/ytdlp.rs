@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::guard::redact;
+use crate::children;
 use crate::error::TaskError;
 use crate::stages::files::{hash_into, hex};
 use crate::stages::{Progress, StageContext};
@@ -46,7 +47,9 @@ pub async fn fetch(
     ctx.guard.check(url).await.map_err(super::http::guard_error)?;
     super::super::ensure_free_space(cfg, dir, 0)?;
     let template = dir.join("video.%(ext)s");
-    let mut cmd = tokio::process::Command::new(&cfg.ytdlp);
+    let cannot_run = |e: std::io::Error| TaskError::fatal(format!("cannot run {}: {e}", cfg.ytdlp.display()));
+    // Supervised: yt-dlp's own ffmpeg/ffprobe die with it, and all of them with the agent.
+    let mut cmd = children::command(&cfg.ytdlp).map_err(cannot_run)?;
     for var in
         ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"]
     {
@@ -66,18 +69,16 @@ pub async fn fetch(
         .arg(&template)
         .arg("--")
         .arg(url.as_str())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| TaskError::fatal(format!("cannot run {}: {e}", cfg.ytdlp.display())))?;
-    let stdout = child.stdout.take().ok_or_else(|| TaskError::retryable("yt-dlp stdout missing"))?;
-    let stderr = child.stderr.take().ok_or_else(|| TaskError::retryable("yt-dlp stderr missing"))?;
+        .stderr(Stdio::piped());
+    let mut child = children::Child::spawn(&mut cmd).map_err(cannot_run)?;
+    let stdout = child.inner.stdout.take().ok_or_else(|| TaskError::retryable("yt-dlp stdout missing"))?;
+    let stderr = child.inner.stderr.take().ok_or_else(|| TaskError::retryable("yt-dlp stderr missing"))?;
     let err_task = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         let mut kept = Vec::new();
         while let Ok(Some(l)) = lines.next_line().await {
-            if kept.len() < 20 {
+            if kept.len() < 20 && !l.trim().is_empty() {
                 kept.push(l);
             }
         }
@@ -127,12 +128,19 @@ pub async fn fetch(
     let (sha, size) = tokio::task::spawn_blocking(move || hash_file(&path))
         .await
         .map_err(|e| TaskError::retryable(format!("hash thread failed: {e}")))??;
+    if size == 0 {
+        return Err(TaskError::fatal(format!("yt-dlp produced an empty file for {}", redact(url))));
+    }
     Ok((file, sha, size))
 }
 
 /// yt-dlp's exit status does not say whether to retry; its messages do.
 fn classify(stderr: &str, url: &Url) -> TaskError {
     let lower = stderr.to_ascii_lowercase();
+    // An empty response: yt-dlp has retried it already, and says so in its own words.
+    if lower.contains("did not get any data blocks") {
+        return TaskError::fatal(format!("empty file from {}: yt-dlp received no data ({stderr})", redact(url)));
+    }
     let msg = format!("yt-dlp failed for {}: {stderr}", redact(url));
     let fatal = [
         "unsupported url",
@@ -179,5 +187,8 @@ mod tests {
         let u = Url::parse("https://www.youtube.com/watch?v=x").expect("url");
         assert!(!classify("ERROR: Unsupported URL: x", &u).is_retryable());
         assert!(classify("ERROR: Unable to download webpage: timed out", &u).is_retryable());
+        let empty = classify("ERROR: Did not get any data blocks (gave up after 5 attempts)", &u);
+        assert!(!empty.is_retryable());
+        assert!(empty.to_string().starts_with("empty file from https://www.youtube.com/"), "{empty}");
     }
 }

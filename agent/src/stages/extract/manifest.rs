@@ -23,7 +23,11 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceFacts {
+    /// The video stream's duration (the container's when the stream has none), seconds.
     pub duration_s: Option<f64>,
+    /// The duration the container's header claims, seconds; may be far from the stream's.
+    #[serde(default)]
+    pub container_duration_s: Option<f64>,
     pub fps: Option<f64>,
     pub start_time_s: f64,
     pub width: Option<i64>,

@@ -10,26 +10,29 @@ pub mod plan;
 pub mod showinfo;
 
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dataminer_wire::{LeasedTask, StageResult};
-use ffmpeg_sidecar::child::FfmpegChild;
 use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use ffmpeg_sidecar::log_parser::FfmpegLogParser;
 use tokio_util::sync::CancellationToken;
 
+use crate::children;
 use crate::error::TaskError;
 use crate::stages::files::write_atomic;
 use crate::stages::{data_path, ensure_free_space, probe, relative_to_root, Progress, StageContext};
 use manifest::{frame_file_name, FrameEntry, Manifest, SourceFacts};
-use showinfo::Taps;
+use showinfo::{TapLine, Taps};
 
 /// Decoding may end this much short of the container's duration before the file counts
 /// as truncated.
 const TRUNCATION_SLACK_S: f64 = 1.0;
 const MAX_ERROR_LINES: usize = 12;
+/// ffmpeg log lines in flight between the parser thread and the stage.
+const LOG_CHANNEL: usize = 1024;
 
 pub async fn run(
     ctx: &StageContext,
@@ -66,6 +69,9 @@ pub async fn run(
     ensure_free_space(cfg, attempt_dir, frames * 1920 * 1080 / 2)?;
     let plan = plan::plan(&settings, start);
 
+    // ffmpeg-sidecar builds the arguments (and its `-loglevel level+info`, which the log
+    // parser relies on); the process itself runs under a supervisor so that it dies with
+    // the agent.
     let mut cmd = FfmpegCommand::new_with_path(&cfg.ffmpeg);
     cmd.hide_banner()
         .args(["-nostdin", "-nostats", "-y", "-protocol_whitelist", "file", "-copyts"])
@@ -78,20 +84,17 @@ pub async fn run(
             .args(["-start_number", &o.start_number.to_string(), "-f", "image2"])
             .output(pattern.as_os_str());
     }
-    let mut child = ChildGuard(Some(
-        cmd.spawn().map_err(|e| TaskError::fatal(format!("cannot run {}: {e}", cfg.ffmpeg.display())))?,
-    ));
-    // ffmpeg-sidecar pipes stdin and stdout; close both at once so ffmpeg (also told
-    // -nostdin) can never block on a terminal or on a full pipe.
-    if let Some(c) = child.get() {
-        drop(c.take_stdin());
-        drop(c.take_stdout());
-    }
-    let stderr =
-        child.get().and_then(FfmpegChild::take_stderr).ok_or_else(|| TaskError::retryable("ffmpeg stderr missing"))?;
+    let cannot_run = |e: std::io::Error| TaskError::fatal(format!("cannot run {}: {e}", cfg.ffmpeg.display()));
+    let mut sup = children::std_command(&cfg.ffmpeg).map_err(cannot_run)?;
+    // Nothing on stdout (image2 output), so it goes nowhere; stderr is the log.
+    sup.args(cmd.get_args()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(&mut sup).map_err(cannot_run)?;
+    let stderr = child.stderr().ok_or_else(|| TaskError::retryable("ffmpeg stderr missing"))?;
 
-    // ffmpeg-sidecar parses the log lines on a thread; the lines come here as they appear.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(LogLevel, String)>();
+    // ffmpeg-sidecar parses the log lines on a thread; they come here through a bounded
+    // channel, so a slow reader holds ffmpeg back (a full stderr pipe) instead of queueing
+    // an hour of showinfo lines in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(LogLevel, String)>(LOG_CHANNEL);
     let declared = Arc::new(std::sync::Mutex::new(None::<f64>));
     let declared_w = declared.clone();
     std::thread::spawn(move || {
@@ -100,7 +103,7 @@ pub async fn run(
             match parser.parse_next_event() {
                 Ok(FfmpegEvent::LogEOF) => break,
                 Ok(FfmpegEvent::Log(level, line)) => {
-                    if tx.send((level, line)).is_err() {
+                    if tx.blocking_send((level, line)).is_err() {
                         break;
                     }
                 }
@@ -113,13 +116,13 @@ pub async fn run(
         }
     });
 
-    let mut taps = Taps::default();
-    let mut errors: Vec<String> = Vec::new();
     let out_taps: Vec<(&str, usize)> = plan.outputs.iter().map(|o| (o.tap.as_str(), o.max_frames as usize)).collect();
+    let mut taps = Taps::new(&out_taps);
+    let mut errors: Vec<String> = Vec::new();
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => {
-                child.kill();
+                child.kill().await;
                 return Err(TaskError::Stopped("cancelled".into()));
             }
             ev = rx.recv() => ev,
@@ -132,12 +135,11 @@ pub async fn run(
                 }
             }
             _ => {
-                if taps.feed(&line) == Some(plan::SRC_TAP) {
-                    let written: usize = out_taps.iter().map(|(t, m)| taps.count(t).min(*m)).sum();
-                    progress.frames.store(written as u64, Ordering::Relaxed);
+                if taps.feed(&line) == Some(TapLine::Source) {
+                    progress.frames.store(taps.written() as u64, Ordering::Relaxed);
                     let duration = *declared.lock().unwrap_or_else(|e| e.into_inner());
-                    if let (Some(last), Some(d)) = (taps.last(plan::SRC_TAP), duration) {
-                        if let Some(s) = taps.seconds(plan::SRC_TAP, last.pts) {
+                    if let (Some(last), Some(d)) = (taps.last_decoded(), duration) {
+                        if let Some(s) = taps.seconds(last.pts) {
                             let pm = (((s - start) / d) * 1000.0).clamp(0.0, 1000.0);
                             progress.permille.store(pm as u64, Ordering::Relaxed);
                         }
@@ -146,11 +148,7 @@ pub async fn run(
             }
         }
     }
-    let mut c = child.take().ok_or_else(|| TaskError::retryable("ffmpeg child missing"))?;
-    let status = tokio::task::spawn_blocking(move || c.wait())
-        .await
-        .map_err(|e| TaskError::retryable(format!("waiting for ffmpeg: {e}")))?
-        .map_err(|e| TaskError::retryable(format!("waiting for ffmpeg: {e}")))?;
+    let status = child.wait().await.map_err(|e| TaskError::retryable(format!("waiting for ffmpeg: {e}")))?;
     if cancel.is_cancelled() {
         return Err(TaskError::Stopped("cancelled".into()));
     }
@@ -172,8 +170,8 @@ pub async fn run(
         None => probe_task.join().await?,
     };
     let start = info.start_time_s.unwrap_or(0.0);
-    let kept = showinfo::kept_frames(&taps, &out_taps).map_err(TaskError::fatal)?;
-    let decoded = taps.count(plan::SRC_TAP) as u64;
+    let kept = taps.kept_frames().map_err(TaskError::fatal)?;
+    let decoded = taps.decoded();
     if kept.is_empty() {
         return Err(TaskError::fatal(format!("no frame extracted from {video_rel} ({decoded} frames decoded)")));
     }
@@ -186,17 +184,14 @@ pub async fn run(
     let mut frames = Vec::with_capacity(kept.len());
     for (i, k) in kept.iter().enumerate() {
         let index = i as u32 + 1;
-        let name = frame_file_name(index);
-        if !attempt_dir.join(&name).is_file() {
-            return Err(TaskError::retryable(format!("ffmpeg did not write {name}")));
-        }
-        let pts_s = taps
-            .seconds(plan::SRC_TAP, k.pts)
-            .ok_or_else(|| TaskError::fatal("ffmpeg did not report the stream's time base"))?;
-        frames.push(FrameEntry { index, source_frame: k.source_frame, pts_s, path: format!("{frames_dir}/{name}") });
-    }
-    if attempt_dir.join(frame_file_name(frames.len() as u32 + 1)).exists() {
-        return Err(TaskError::retryable("ffmpeg wrote more frames than it reported"));
+        let pts_s =
+            taps.seconds(k.pts).ok_or_else(|| TaskError::fatal("ffmpeg did not report the stream's time base"))?;
+        frames.push(FrameEntry {
+            index,
+            source_frame: k.source_frame,
+            pts_s,
+            path: format!("{frames_dir}/{}", frame_file_name(index)),
+        });
     }
     let m = Manifest {
         version: manifest::VERSION,
@@ -205,6 +200,7 @@ pub async fn run(
         settings,
         source: SourceFacts {
             duration_s: info.duration_s,
+            container_duration_s: info.container_duration_s,
             fps: info.fps,
             start_time_s: start,
             width: info.width,
@@ -214,15 +210,34 @@ pub async fn run(
         },
         frames,
     };
-    let manifest_file = attempt_dir.join(manifest::FILE_NAME);
-    let body = serde_json::to_vec_pretty(&m).map_err(|e| TaskError::fatal(format!("manifest: {e}")))?;
-    write_atomic(&manifest_file, &body).map_err(|e| TaskError::io("write manifest", e))?;
+    // A stat per frame and the manifest write are blocking file work (thousands of frames on
+    // a network filesystem): off the runtime's threads.
+    let dir = attempt_dir.to_path_buf();
+    let m = tokio::task::spawn_blocking(move || write_manifest(&dir, m))
+        .await
+        .map_err(|e| TaskError::retryable(format!("manifest writer failed: {e}")))??;
     ctx.metrics.frames_extracted.inc_by(m.frames.len() as u64);
     Ok(StageResult::Extract {
         frames_dir,
-        manifest_path: relative_to_root(&cfg.data_root, &manifest_file)?,
+        manifest_path: relative_to_root(&cfg.data_root, &attempt_dir.join(manifest::FILE_NAME))?,
         frame_count: m.frames.len() as i64,
     })
+}
+
+/// Checks that ffmpeg wrote exactly the listed frames, then writes the manifest atomically.
+fn write_manifest(dir: &Path, m: Manifest) -> Result<Manifest, TaskError> {
+    for f in &m.frames {
+        let name = frame_file_name(f.index);
+        if !dir.join(&name).is_file() {
+            return Err(TaskError::retryable(format!("ffmpeg did not write {name}")));
+        }
+    }
+    if dir.join(frame_file_name(m.frames.len() as u32 + 1)).exists() {
+        return Err(TaskError::retryable("ffmpeg wrote more frames than it reported"));
+    }
+    let body = serde_json::to_vec_pretty(&m).map_err(|e| TaskError::fatal(format!("manifest: {e}")))?;
+    write_atomic(&dir.join(manifest::FILE_NAME), &body).map_err(|e| TaskError::io("write manifest", e))?;
+    Ok(m)
 }
 
 /// The concurrent ffprobe, aborted (its child killed) if the stage ends first.
@@ -247,7 +262,7 @@ impl Drop for AbortOnDrop {
 /// (a truncated file whose index survived).
 fn check_complete(taps: &Taps, info: &probe::VideoInfo, start: f64) -> Result<(), String> {
     let Some(declared) = info.stream_duration_s.or(info.duration_s) else { return Ok(()) };
-    let last = taps.last(plan::SRC_TAP).and_then(|l| taps.seconds(plan::SRC_TAP, l.pts)).ok_or("no frame decoded")?;
+    let last = taps.last_decoded().and_then(|l| taps.seconds(l.pts)).ok_or("no frame decoded")?;
     let frame = info.fps.map(|f| 1.0 / f).unwrap_or(0.0);
     let decoded = last - start + frame;
     if declared - decoded > TRUNCATION_SLACK_S {
@@ -258,29 +273,51 @@ fn check_complete(taps: &Taps, info: &probe::VideoInfo, start: f64) -> Result<()
     Ok(())
 }
 
-/// Kills ffmpeg if the stage is dropped or stopped while it runs.
-struct ChildGuard(Option<FfmpegChild>);
+/// The supervised ffmpeg: killed (with its supervisor's whole tree) if the stage is stopped
+/// or dropped while it runs.
+struct ChildGuard {
+    child: Option<std::process::Child>,
+    lifeline: Option<children::Lifeline>,
+}
 
 impl ChildGuard {
-    fn get(&mut self) -> Option<&mut FfmpegChild> {
-        self.0.as_mut()
+    fn spawn(cmd: &mut std::process::Command) -> std::io::Result<Self> {
+        let mut child = cmd.spawn()?;
+        let lifeline = children::Lifeline::take_std(&mut child)?;
+        Ok(Self { child: Some(child), lifeline: Some(lifeline) })
     }
-    fn take(&mut self) -> Option<FfmpegChild> {
-        self.0.take()
+
+    fn stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.as_mut().and_then(|c| c.stderr.take())
     }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            // Reap on a thread so a stopped task never blocks the runtime.
-            std::thread::spawn(move || {
-                let _ = c.wait();
-            });
+
+    /// Waits for ffmpeg to exit by itself.
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().ok_or_else(|| std::io::Error::other("ffmpeg waited for twice"))?;
+        let lifeline = self.lifeline.take();
+        let status = tokio::task::spawn_blocking(move || c.wait()).await.map_err(std::io::Error::other)?;
+        drop(lifeline);
+        status
+    }
+
+    /// Kills ffmpeg and waits until its supervisor has reaped it.
+    async fn kill(&mut self) {
+        self.lifeline.take();
+        if let Some(mut c) = self.child.take() {
+            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
         }
     }
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        self.kill();
+        // Closing the lifeline makes the supervisor kill ffmpeg; reap it on a thread so a
+        // dropped stage never blocks the runtime.
+        self.lifeline.take();
+        if let Some(mut c) = self.child.take() {
+            std::thread::spawn(move || {
+                let _ = c.wait();
+            });
+        }
     }
 }
