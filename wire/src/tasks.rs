@@ -233,6 +233,7 @@ pub enum StageResult {
         /// The duration the container claims (ffprobe's format duration), seconds, when it
         /// differs from the stream's: `duration_s` is the video stream's real duration.
         #[serde(default)]
+        #[schema(minimum = 0)]
         container_duration_s: Option<f64>,
     },
     Extract {
