@@ -186,7 +186,7 @@ impl Config {
         if !(10..=60_000).contains(&self.reaper_interval_ms) {
             p.push("reaper interval must be between 10 ms and 60 s".into());
         }
-        if self.max_lease_wait_ms > 120_000 {
+        if self.max_lease_wait_ms > dataminer_wire::MAX_LEASE_WAIT_MS {
             p.push("max lease wait must be at most 120 s".into());
         }
         if !(10..=60_000).contains(&self.poll_fallback_ms) {

@@ -25,3 +25,18 @@ ensure_python_tools() {
     .venv/bin/pip install -q --disable-pip-version-check -r requirements-agent.txt
   fi
 }
+
+# The test suite's Python tools (openapi-spec-validator, schemathesis) in ./.venv, from PyPI,
+# pinned by requirements-dev.txt. Only the tests use them; the container images do not.
+ensure_python_dev_tools() {
+  ensure_python_tools
+  local frozen pin
+  frozen="$(.venv/bin/pip freeze 2>/dev/null)"
+  # Every pin must be installed (one matching line is not enough).
+  for pin in $(grep -v '^#' requirements-dev.txt); do
+    if ! grep -qxF "$pin" <<<"$frozen"; then
+      .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+      return
+    fi
+  done
+}

@@ -7,6 +7,7 @@ mod expiry;
 mod extractions;
 mod leases;
 mod lifecycle;
+mod openapi;
 mod ops;
 mod pipeline;
 mod process;

@@ -1,11 +1,12 @@
-//! Operations: `/status` in JSON and as a table, `/metrics` names and values, readiness, and
-//! the committed OpenAPI document matching the code.
+//! Operations: `/status` in JSON and as a table, `/metrics` names and values, readiness, the
+//! `/docs` page served entirely from the binary, and the committed OpenAPI document matching
+//! the code.
 
 use dataminer_tests::*;
 use dataminer_wire::*;
 use reqwest::{Method, StatusCode};
 
-both!(status_json_and_text, metrics_follow_the_work);
+both!(status_json_and_text, metrics_follow_the_work, docs_are_served_from_the_binary);
 
 async fn status_json_and_text(db: Db) {
     let app = spawn_app(db).await;
@@ -86,4 +87,43 @@ fn openapi_document_matches_the_code() {
     for route in ["/v1/leases", "/v1/tasks/{id}/complete", "/v1/videos", "/status", "/metrics"] {
         assert!(generated.contains(&format!("\"{route}\"")), "{route} missing from the spec");
     }
+}
+
+/// `/docs` works on an air-gapped cluster: the page names only local assets, and each of them
+/// is served (from the binary) with its content type.
+async fn docs_are_served_from_the_binary(db: Db) {
+    let app = spawn_app(db).await;
+    let page = app.user(Method::GET, "/docs").send().await.expect("send");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"].to_str().expect("ascii").starts_with("text/html"));
+    let html = page.text().await.expect("text");
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("//cdn"), "{html}");
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for (i, _) in html.match_indices(attr) {
+            let rest = &html[i + attr.len()..];
+            assets.push(rest[..rest.find('"').expect("closing quote")].to_string());
+        }
+    }
+    assets.sort();
+    assert_eq!(assets, ["/docs/docs-init.js", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"], "{html}");
+    for asset in &assets {
+        let r = app.user(Method::GET, asset).send().await.expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "{asset}");
+        let ct = r.headers()["content-type"].to_str().expect("ascii").to_string();
+        let want = if asset.ends_with(".css") { "text/css" } else { "text/javascript" };
+        assert!(ct.starts_with(want), "{asset}: {ct}");
+        let body = r.text().await.expect("text");
+        assert!(body.len() > 100, "{asset} is empty");
+        if asset.ends_with("docs-init.js") {
+            assert!(body.contains("\"/openapi.json\"") && body.contains("validatorUrl: null"), "{body}");
+        }
+        if asset.ends_with("bundle.js") {
+            assert!(body.contains("SwaggerUIBundle"), "{asset} is not the Swagger UI bundle");
+        }
+    }
+    // The assets need a token like the page (every route but health, readiness and metrics).
+    let anon = app.client.get(app.url("/docs/swagger-ui.css")).send().await.expect("send");
+    assert_eq!(anon.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
 }

@@ -11,19 +11,23 @@ use crate::Stage;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterAgentRequest {
     /// Unique agent name (default on the agent: the hostname).
+    #[schema(min_length = 1, max_length = 253, pattern = "^[A-Za-z0-9._:-]+$")]
     pub name: String,
     /// Kubernetes node (downward API `NODE_NAME`), if any.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 253, pattern = "^[A-Za-z0-9._:-]+$")]
     pub node: Option<String>,
-    /// Stages this agent can serve.
+    /// Stages this agent can serve; at least one.
+    #[schema(min_items = 1)]
     pub stages: Vec<Stage>,
-    /// Capability tags, e.g. `yt-dlp`, `gpu`, `ffmpeg`. A task that requires a capability is
-    /// only leased to agents that advertise it.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::capabilities)]
     pub capabilities: Vec<String>,
     /// Agent software version (free text, shown in `/status`).
+    #[schema(max_length = 128, pattern = "^[^\\u0000]*$")]
     pub version: String,
-    /// Must equal the control plane's `PROTOCOL_VERSION`.
+    /// Must equal the control plane's `PROTOCOL_VERSION` (400 otherwise).
+    #[schema(minimum = 1, maximum = 1)]
     pub protocol_version: u32,
 }
 

@@ -5,14 +5,22 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Everything a project can tune. Every section and field is optional on input and takes
-/// the seed's default.
+/// Everything a project can tune. Every section and field takes the seed's default, except
+/// `filter.positive_prompts` (what to look for), which is required.
+// Field-level defaults (not a container default): a container default would put
+// `FilterConfig::default()`, whose `positive_prompts` is empty, into the schema as the
+// default of a required section, which the schema itself refuses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
+    #[serde(default)]
     pub extract: ExtractConfig,
+    #[serde(default)]
+    #[schema(required = true)]
     pub filter: FilterConfig,
+    #[serde(default)]
     pub dedup: DedupConfig,
+    #[serde(default)]
     pub detect: DetectConfig,
 }
 
@@ -36,13 +44,19 @@ pub enum ExtractStrategy {
 pub struct ExtractConfig {
     pub strategy: ExtractStrategy,
     /// N for `interval_frames`.
+    #[schema(minimum = 1, maximum = 10000000)]
     pub interval_frames: u32,
     /// T (seconds) for `interval_seconds`.
+    #[schema(minimum = 0.001, maximum = 86400)]
     pub interval_seconds: f64,
+    #[schema(minimum = 0, maximum = 1)]
     pub scene_threshold: f64,
+    #[schema(minimum = 0, maximum = 255)]
     pub diff_threshold: f64,
+    #[schema(minimum = 1, maximum = 1000000)]
     pub max_frames_per_video: u32,
     /// JPEG quality on the seed's 0–100 scale.
+    #[schema(minimum = 1, maximum = 100)]
     pub jpeg_quality: u32,
 }
 
@@ -85,13 +99,19 @@ impl Default for ExtractConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
     /// Name of the image–text model package on the agents.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
     /// A frame is kept when its best positive score is at least this…
+    #[schema(minimum = -1, maximum = 1)]
     pub threshold: f64,
     /// …and beats the best negative score by at least this.
+    #[schema(minimum = -2, maximum = 2)]
     pub margin_threshold: f64,
+    #[schema(schema_with = crate::schema::positive_prompts, required = true)]
     pub positive_prompts: Vec<String>,
+    #[schema(schema_with = crate::schema::prompts)]
     pub negative_prompts: Vec<String>,
 }
 
@@ -111,10 +131,14 @@ impl Default for FilterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
     /// A frame is dropped when its cosine similarity to a kept frame is at least this.
+    #[schema(minimum = -1, maximum = 1)]
     pub threshold: f64,
+    #[schema(minimum = 1, maximum = 10000)]
     pub k_neighbors: u32,
 }
 
@@ -127,11 +151,15 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
     /// Minimum box score.
+    #[schema(minimum = 0, maximum = 1)]
     pub threshold: f64,
     /// Prompts to detect; empty means the filter's positive prompts.
+    #[schema(schema_with = crate::schema::prompts)]
     pub prompts: Vec<String>,
     pub save_visualizations: bool,
 }
@@ -148,8 +176,10 @@ impl Default for DetectConfig {
     }
 }
 
-const MAX_PROMPTS: usize = 256;
-const MAX_PROMPT_CHARS: usize = 500;
+/// About four days of video at 30 fps between two frames: more is a typo.
+pub const MAX_INTERVAL_FRAMES: u32 = 10_000_000;
+pub const MAX_PROMPTS: usize = 256;
+pub const MAX_PROMPT_CHARS: usize = 500;
 const MAX_MODEL_NAME_CHARS: usize = 128;
 
 impl ProjectConfig {
@@ -157,8 +187,8 @@ impl ProjectConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let e = &self.extract;
-        if e.interval_frames == 0 {
-            p.push("extract.interval_frames must be at least 1".into());
+        if !(1..=MAX_INTERVAL_FRAMES).contains(&e.interval_frames) {
+            p.push(format!("extract.interval_frames must be between 1 and {MAX_INTERVAL_FRAMES}"));
         }
         check_range(&mut p, "extract.interval_seconds", e.interval_seconds, 0.001, 86_400.0);
         check_range(&mut p, "extract.scene_threshold", e.scene_threshold, 0.0, 1.0);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod net;
 pub mod projects;
+pub mod schema;
 pub mod status;
 pub mod tasks;
 pub mod videos;
@@ -23,6 +24,10 @@ pub use videos::*;
 /// Version of the agent ↔ control-plane protocol. Bumped only for incompatible changes;
 /// additive changes (new optional fields, new routes) keep it, so rolling upgrades work.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// PostgreSQL cannot store U+0000 in text, so the API refuses it in every string it stores or
+/// looks up as text, on both backends alike; the schema declares it with this pattern.
+pub const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
 
 /// A page of results with an opaque cursor for the next one (`None` on the last page).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

@@ -12,10 +12,16 @@ use crate::ProjectConfig;
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
     /// `[a-z0-9][a-z0-9_-]{0,62}`; used in storage paths.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9_-]*$")]
     pub name: String,
+    /// Required in practice: `filter.positive_prompts` has no default.
     #[serde(default)]
+    #[schema(required = true)]
     pub config: ProjectConfig,
 }
+
+/// What a project name looks like (the control plane refuses any other).
+pub const PROJECT_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -89,18 +89,27 @@ impl TaskState {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LeaseRequest {
     pub agent_id: i64,
+    /// At least one; each registered by the agent.
+    #[schema(min_items = 1)]
     pub stages: Vec<Stage>,
     /// 1 to 64.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 64)]
     pub max_tasks: u32,
-    /// 0 returns at once; capped by the control plane's `max_lease_wait_ms`.
+    /// 0 returns at once; capped by the control plane's `max_lease_wait_ms`. At most
+    /// 120000 (the longest wait any control plane can be configured for).
     #[serde(default)]
+    #[schema(maximum = 120000)]
     pub wait_ms: u64,
 }
 
 fn one() -> u32 {
     1
 }
+
+/// The longest `wait_ms` a lease request may name (and the longest wait a control plane may
+/// be configured for).
+pub const MAX_LEASE_WAIT_MS: u64 = 120_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LeaseResponse {
@@ -197,49 +206,88 @@ pub struct HeartbeatResponse {
 pub enum StageResult {
     Download {
         /// The downloaded file, inside the attempt directory.
+        #[schema(pattern = "^[^\\u0000]*$")]
         file_path: String,
         /// Lowercase hex SHA-256 of the file.
+        #[schema(pattern = "^[0-9a-f]{64}$")]
         sha256: String,
+        #[schema(minimum = 0)]
         size_bytes: i64,
+        #[schema(minimum = 0)]
         duration_s: Option<f64>,
+        #[schema(minimum = 0)]
         fps: Option<f64>,
+        #[schema(minimum = 0)]
         width: Option<i64>,
+        #[schema(minimum = 0)]
         height: Option<i64>,
+        #[schema(max_length = 64, pattern = "^[^\\u0000]*$")]
         codec: Option<String>,
         /// The video stream's start time, seconds (ffprobe).
         #[serde(default)]
         start_time_s: Option<f64>,
         /// Frames in the video stream as the container declares them; absent when unknown.
         #[serde(default)]
+        #[schema(minimum = 0)]
         stream_frames: Option<i64>,
         /// The duration the container claims (ffprobe's format duration), seconds, when it
         /// differs from the stream's: `duration_s` is the video stream's real duration.
         #[serde(default)]
+        #[schema(minimum = 0)]
         container_duration_s: Option<f64>,
     },
     Extract {
+        #[schema(pattern = "^[^\\u0000]*$")]
         frames_dir: String,
+        #[schema(pattern = "^[^\\u0000]*$")]
         manifest_path: String,
+        /// At least 1: a zero-frame extraction is a failure, not a result.
+        #[schema(minimum = 1)]
         frame_count: i64,
     },
     Filter {
+        #[schema(pattern = "^[^\\u0000]*$")]
         output_dir: String,
+        #[schema(minimum = 0)]
         frames_in: i64,
+        /// At most `frames_in`.
+        #[schema(minimum = 0)]
         frames_kept: i64,
     },
     Dedup {
+        #[schema(pattern = "^[^\\u0000]*$")]
         output_dir: String,
+        #[schema(minimum = 0)]
         frames_in: i64,
+        /// At most `frames_in`.
+        #[schema(minimum = 0)]
         frames_kept: i64,
     },
     Detect {
+        #[schema(pattern = "^[^\\u0000]*$")]
         output_dir: String,
+        #[schema(minimum = 0)]
         frames_in: i64,
+        #[schema(minimum = 0)]
         detections: i64,
     },
 }
 
 impl StageResult {
+    /// Whether a string of the result contains U+0000 (refused: see [`crate::NO_NUL_PATTERN`]).
+    pub fn has_nul(&self) -> bool {
+        let nul = |s: &str| s.contains('\0');
+        match self {
+            StageResult::Download { file_path, sha256, codec, .. } => {
+                nul(file_path) || nul(sha256) || codec.as_deref().is_some_and(nul)
+            }
+            StageResult::Extract { frames_dir, manifest_path, .. } => nul(frames_dir) || nul(manifest_path),
+            StageResult::Filter { output_dir, .. }
+            | StageResult::Dedup { output_dir, .. }
+            | StageResult::Detect { output_dir, .. } => nul(output_dir),
+        }
+    }
+
     pub fn stage(&self) -> Stage {
         match self {
             StageResult::Download { .. } => Stage::Download,
@@ -268,6 +316,7 @@ pub struct CompleteResponse {
 /// `POST /v1/tasks/complete`: several completions in one round trip (at most 64).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchCompleteRequest {
+    #[schema(min_items = 1, max_items = 64)]
     pub completions: Vec<BatchCompletion>,
 }
 
@@ -298,7 +347,7 @@ pub struct BatchCompleteOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FailRequest {
     pub lease_token: i64,
-    /// What went wrong (stored as the task's last error; at most 4 KiB kept).
+    #[schema(schema_with = crate::schema::failure_message)]
     pub error: String,
     /// Retryable failures are requeued with backoff until max_attempts; fatal ones are dead.
     pub retryable: bool,

@@ -9,12 +9,13 @@ use crate::{ExtractConfig, TaskView};
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitVideosRequest {
-    /// http(s) URLs; at most the server's `max_urls_per_request`.
+    #[schema(schema_with = crate::schema::urls)]
     pub urls: Vec<String>,
-    /// Projects (by name) the videos join; at least one.
+    #[schema(schema_with = crate::schema::project_names)]
     pub projects: Vec<String>,
     /// Higher runs first; -1000 to 1000.
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: i64,
 }
 

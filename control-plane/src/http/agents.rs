@@ -49,13 +49,16 @@ async fn register(
     if req.stages.is_empty() {
         return Err(ApiError::unprocessable("invalid_agent", "stages must name at least one stage"));
     }
+    // Lengths in characters, as the schema's maxLength counts them.
+    let chars = |s: &str| s.chars().count();
     if req.capabilities.len() > 64
-        || req.capabilities.iter().any(|c| c.is_empty() || c.len() > 64)
-        || req.version.len() > 128
+        || req.capabilities.iter().any(|c| c.is_empty() || chars(c) > 64 || c.contains('\0'))
+        || chars(&req.version) > 128
+        || req.version.contains('\0')
     {
         return Err(ApiError::unprocessable(
             "invalid_agent",
-            "at most 64 capabilities of 1-64 characters; version at most 128",
+            "at most 64 capabilities of 1-64 characters; version at most 128; no U+0000 characters",
         ));
     }
     let id = s.store.register_agent(&req).await?;

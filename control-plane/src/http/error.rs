@@ -88,10 +88,21 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `Json` whose rejections are [`ApiError`]s.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body (and a JSON answer) whose rejections are [`ApiError`]s: 400 for malformed
+/// JSON, 413 over the body limit, 415 without `application/json`, 422 when it does not fit
+/// the type. Numbers with a zero fraction (`3.0`) count as integers, as JSON Schema (and so
+/// the OpenAPI document) says they are.
+#[derive(Debug)]
 pub struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let value = json_value(req, state).await?;
+        decode(value, |_| {}).map(AppJson)
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {
@@ -114,7 +125,8 @@ pub type ApiResult<T> = Result<AppJson<T>, ApiError>;
 /// A JSON body of the agent protocol. Like [`AppJson`] (same rejections), except that fields
 /// this control plane does not know are ignored and logged instead of refused: during a
 /// rolling upgrade a newer agent may send more than we understand, and refusing its result
-/// would make the task dead.
+/// would make the task dead. (The agent body types do not deny unknown fields; user body
+/// types do, so [`AppJson`] refuses them there.)
 #[derive(Debug)]
 pub struct AgentJson<T>(pub T);
 
@@ -122,21 +134,59 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AgentJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let AppJson(value) = AppJson::<serde_json::Value>::from_request(req, state).await?;
+        let value = json_value(req, state).await?;
+        // A few names, each cut short, are enough to tell which agent version sends what.
         let mut ignored = Vec::new();
-        let mut note = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
-        let de = serde_ignored::Deserializer::new(value, &mut note);
-        let parsed = serde_path_to_error::deserialize(de).map_err(|e| {
-            ApiError::unprocessable(
-                "invalid_body",
-                format!("Failed to deserialize the JSON body into the target type: {}: {}", e.path(), e.inner()),
-            )
+        let mut count = 0usize;
+        let parsed = decode(value, |path| {
+            count += 1;
+            if ignored.len() < 10 {
+                ignored.push(path.chars().take(100).collect::<String>());
+            }
         })?;
-        if !ignored.is_empty() {
-            tracing::warn!(fields = ?ignored, "ignored unknown fields in an agent request (a newer agent?)");
+        if count > 0 {
+            tracing::warn!(fields = ?ignored, count, "ignored unknown fields in an agent request (a newer agent?)");
         }
         Ok(AgentJson(parsed))
     }
+}
+
+/// The body as JSON, with integral floats turned into integers.
+async fn json_value<S: Send + Sync>(req: Request, state: &S) -> Result<serde_json::Value, ApiError> {
+    let axum::Json(mut value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+    integral_floats_to_integers(&mut value);
+    Ok(value)
+}
+
+/// JSON has one number type: JSON Schema counts `3.0` as the integer 3, serde does not.
+fn integral_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                // Exactly representable integers only (|f| < 2^53), so nothing is rounded.
+                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                    *n = serde_json::Number::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
+/// Typed decoding with the path of the offending field in the message; `ignored` hears of
+/// every field the type does not know (and does not deny).
+fn decode<T: DeserializeOwned>(value: serde_json::Value, mut ignored: impl FnMut(String)) -> Result<T, ApiError> {
+    let mut note = |path: serde_ignored::Path<'_>| ignored(path.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut note);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        ApiError::unprocessable(
+            "invalid_body",
+            format!("Failed to deserialize the JSON body into the target type: {}: {}", e.path(), e.inner()),
+        )
+    })
 }
 
 /// The stable code of an error status that arose outside the handlers.

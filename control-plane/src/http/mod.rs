@@ -79,6 +79,60 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The refusals every route of a kind can give, declared once here rather than on each
+/// handler (so none is forgotten): 401/403 on routes with a token, 400 on routes with path or
+/// query parameters, and 400/413/415/422 on routes with a JSON body. A response a handler
+/// declares itself is kept.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                let mut add = |status: &str, description: &str| {
+                    op.responses.responses.entry(status.to_string()).or_insert_with(|| error(description));
+                };
+                let params =
+                    op.parameters.as_ref().map(|p| p.iter().map(|p| p.parameter_in.clone()).collect::<Vec<_>>());
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let has_body = op.request_body.is_some();
+                if secured {
+                    add("401", "Missing or invalid bearer token (`unauthorized`)");
+                    add("403", "The other role's token (`forbidden`)");
+                }
+                if has_body {
+                    add("400", "Malformed JSON (`malformed_json`)");
+                    add("413", "Body larger than the server's limit (`body_too_large`)");
+                    add("415", "Body not sent as `application/json` (`unsupported_media_type`)");
+                    add("422", "Body does not match the schema or is refused (`invalid_body`, …)");
+                }
+                if let Some(params) = params {
+                    if params.iter().any(|p| matches!(p, ParameterIn::Path)) {
+                        add("400", "Path parameter of the wrong type (`invalid_path`)");
+                    }
+                    if params.iter().any(|p| matches!(p, ParameterIn::Query)) {
+                        add("400", "Unknown or invalid query parameter (`invalid_query`)");
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn user_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(projects::router())
@@ -94,21 +148,26 @@ fn agent_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document (also what `control-plane openapi` prints and the drift test checks).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+    // The common responses are added once the routes are merged in (modifiers given to
+    // `#[openapi]` run before that, on a document without paths).
+    let mut api = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(user_routes())
         .merge(agent_routes())
         .merge(ops::open_router())
         .split_for_parts()
-        .1
+        .1;
+    CommonResponses.modify(&mut api);
+    api
 }
 
 /// The complete application router.
 pub fn app(state: AppState) -> Router {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(user_routes().route_layer(middleware::from_fn_with_state(state.clone(), auth::require_user)))
         .merge(agent_routes().route_layer(middleware::from_fn_with_state(state.clone(), auth::require_agent)))
         .merge(ops::open_router())
         .split_for_parts();
+    CommonResponses.modify(&mut api);
     let docs = ops::docs_router(api).route_layer(middleware::from_fn_with_state(state.clone(), auth::require_any));
     router
         .merge(docs)
@@ -141,10 +200,12 @@ async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> 
 /// Pagination shared by the list routes.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Return items with ids after this cursor (the previous page's `next_cursor`).
     pub after: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

@@ -1,6 +1,7 @@
 //! Operations routes: `/status` (JSON, or a table for `Accept: text/plain` / `?format=text`),
 //! `/metrics`, `/healthz` (process alive, no database), `/readyz` (database reachable),
-//! `/openapi.json` and the interactive docs at `/docs`.
+//! `/openapi.json` and the interactive docs at `/docs` (Swagger UI, vendored under
+//! `control-plane/assets/` and compiled in, so the docs work without internet access).
 
 use std::fmt::Write as _;
 
@@ -12,7 +13,6 @@ use axum::Router;
 use dataminer_wire::{ErrorBody, StatusReport};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_scalar::{Scalar, Servable};
 
 use super::error::{ApiError, AppJson, AppQuery};
 use super::AppState;
@@ -25,36 +25,63 @@ pub fn open_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
+/// The docs page and the viewer's files, in the binary (see `assets/swagger-ui/README.md`).
+const DOCS_ASSETS: [(&str, &str, &[u8]); 4] = [
+    ("/docs", "text/html; charset=utf-8", include_bytes!("../../assets/docs.html")),
+    ("/docs/docs-init.js", "text/javascript; charset=utf-8", include_bytes!("../../assets/docs-init.js")),
+    (
+        "/docs/swagger-ui-bundle.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js"),
+    ),
+    ("/docs/swagger-ui.css", "text/css; charset=utf-8", include_bytes!("../../assets/swagger-ui/swagger-ui.css")),
+];
+
 pub fn docs_router(api: utoipa::openapi::OpenApi) -> Router<AppState> {
     let json = api.to_pretty_json().unwrap_or_default();
-    Router::new()
-        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], json) }))
-        .merge(Scalar::with_url("/docs", api))
+    let mut router = Router::new()
+        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], json) }));
+    for (path, content_type, body) in DOCS_ASSETS {
+        router = router.route(
+            path,
+            get(move || async move {
+                ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=3600")], body)
+            }),
+        );
+    }
+    router
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
-    /// `text` for a readable table (same as `Accept: text/plain`).
-    format: Option<String>,
+    /// `text` for a readable table (same as `Accept: text/plain`), `json` for JSON (the default).
+    #[param(inline)]
+    format: Option<StatusFormat>,
 }
 
-/// Counts per stage and state, per project, agents alive, oldest queued task age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum StatusFormat {
+    Text,
+    Json,
+}
+
+/// Counts per stage and state, per project, agents alive, oldest queued task age. JSON by
+/// default; a readable table for `?format=text` or `Accept: text/plain`.
 #[utoipa::path(get, path = "/status", tag = "operations", params(StatusQuery),
     security(("user_token" = [])),
-    responses((status = 200, body = StatusReport, content_type = "application/json"),
-        (status = 200, description = "Readable table", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "The status report (JSON) or the same as a readable table",
+        content((StatusReport = "application/json"), (String = "text/plain")))))]
 async fn status(
     State(s): State<AppState>,
     headers: HeaderMap,
     AppQuery(q): AppQuery<StatusQuery>,
 ) -> Result<Response, ApiError> {
-    let text = match q.format.as_deref() {
-        Some("text") => true,
-        Some("json") => false,
-        Some(other) => {
-            return Err(ApiError::bad_request("invalid_query", format!("format {other:?} must be text or json")))
-        }
+    let text = match q.format {
+        Some(StatusFormat::Text) => true,
+        Some(StatusFormat::Json) => false,
         None => headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())

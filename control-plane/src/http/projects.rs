@@ -9,6 +9,15 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ApiResult, AppJson, AppPath, AppQuery};
 use super::{page, page_limit, AppState, PageQuery};
 
+/// A project name from the path. One with U+0000 cannot exist (and PostgreSQL cannot even
+/// compare it as text), so it is not found without asking the database.
+fn named(name: String) -> Result<String, ApiError> {
+    if name.contains('\0') {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such project"));
+    }
+    Ok(name)
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_project, list_projects))
@@ -49,6 +58,7 @@ async fn list_projects(State(s): State<AppState>, AppQuery(q): AppQuery<PageQuer
     security(("user_token" = [])),
     responses((status = 200, body = ProjectView), (status = 404, body = ErrorBody)))]
 async fn get_project(State(s): State<AppState>, AppPath(name): AppPath<String>) -> ApiResult<ProjectView> {
+    let name = named(name)?;
     Ok(AppJson(s.store.get_project(&name).await?))
 }
 
@@ -61,6 +71,7 @@ async fn update_config(
     AppPath(name): AppPath<String>,
     AppJson(config): AppJson<ProjectConfig>,
 ) -> ApiResult<ProjectView> {
+    let name = named(name)?;
     Ok(AppJson(s.store.update_project_config(&name, &config).await?))
 }
 
@@ -69,6 +80,7 @@ async fn update_config(
     security(("user_token" = [])),
     responses((status = 200, body = ProjectStatus), (status = 404, body = ErrorBody)))]
 async fn project_status(State(s): State<AppState>, AppPath(name): AppPath<String>) -> ApiResult<ProjectStatus> {
+    let name = named(name)?;
     Ok(AppJson(s.store.project_status(&name).await?))
 }
 
@@ -77,5 +89,6 @@ async fn project_status(State(s): State<AppState>, AppPath(name): AppPath<String
     security(("user_token" = [])),
     responses((status = 200, body = ProjectView), (status = 404, body = ErrorBody)))]
 async fn cancel_project(State(s): State<AppState>, AppPath(name): AppPath<String>) -> ApiResult<ProjectView> {
+    let name = named(name)?;
     Ok(AppJson(s.store.cancel_project(&name).await?))
 }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use dataminer_wire::{
     BatchCompleteRequest, BatchCompleteResponse, BatchCompletion, CompleteRequest, CompleteResponse, ErrorBody,
     FailRequest, FailResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, Page, ReleaseRequest,
-    TaskState, TaskView,
+    StageResult, TaskState, TaskView, MAX_LEASE_WAIT_MS,
 };
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
@@ -41,6 +41,9 @@ pub fn user_router() -> OpenApiRouter<AppState> {
 async fn lease(State(s): State<AppState>, AgentJson(req): AgentJson<LeaseRequest>) -> ApiResult<LeaseResponse> {
     if req.stages.is_empty() {
         return Err(ApiError::unprocessable("invalid_lease", "stages must name at least one stage"));
+    }
+    if req.wait_ms > MAX_LEASE_WAIT_MS {
+        return Err(ApiError::unprocessable("invalid_lease", format!("wait_ms must be at most {MAX_LEASE_WAIT_MS}")));
     }
     if !(1..=MAX_BATCH as u32).contains(&req.max_tasks) {
         return Err(ApiError::unprocessable("invalid_lease", format!("max_tasks must be between 1 and {MAX_BATCH}")));
@@ -101,6 +104,7 @@ async fn complete(
     AppPath(id): AppPath<i64>,
     AgentJson(req): AgentJson<CompleteRequest>,
 ) -> ApiResult<CompleteResponse> {
+    refuse_nul(std::slice::from_ref(&req.result))?;
     let item = BatchCompletion { task_id: id, lease_token: req.lease_token, result: req.result };
     let mut out = s.store.complete_batch(std::slice::from_ref(&item)).await?;
     let o = out.pop().ok_or_else(|| ApiError::from(StoreError::Corrupt("empty completion outcome".into())))?;
@@ -125,8 +129,19 @@ async fn complete_batch(
     if req.completions.is_empty() {
         return Err(ApiError::unprocessable("invalid_batch", "completions must not be empty"));
     }
+    let results: Vec<_> = req.completions.iter().map(|c| c.result.clone()).collect();
+    refuse_nul(&results)?;
     let results = s.store.complete_batch(&req.completions).await?;
     Ok(AppJson(BatchCompleteResponse { results }))
+}
+
+/// U+0000 cannot be stored as text by PostgreSQL; both backends refuse it alike (and, for a
+/// batch, before any item is applied: it breaks the schema, not a task's state).
+fn refuse_nul(results: &[StageResult]) -> Result<(), ApiError> {
+    if results.iter().any(StageResult::has_nul) {
+        return Err(ApiError::unprocessable("invalid_result", "result strings must not contain U+0000 characters"));
+    }
+    Ok(())
 }
 
 /// Report a failure: retryable ones are retried with backoff, fatal ones are dead.
@@ -141,6 +156,9 @@ async fn fail(
 ) -> ApiResult<FailResponse> {
     if req.error.trim().is_empty() {
         return Err(ApiError::unprocessable("invalid_failure", "error must say what went wrong"));
+    }
+    if req.error.contains('\0') {
+        return Err(ApiError::unprocessable("invalid_failure", "error must not contain U+0000 characters"));
     }
     let o = s.store.fail(id, req.lease_token, &req.error, req.retryable).await?;
     Ok(AppJson(FailResponse {

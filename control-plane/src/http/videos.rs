@@ -43,11 +43,22 @@ async fn submit_videos(
     if req.projects.is_empty() {
         return Err(ApiError::unprocessable("no_projects", "projects must name at least one project"));
     }
+    if let Some(p) = req.projects.iter().find(|p| p.contains('\0')) {
+        // No project name has U+0000 (and PostgreSQL cannot compare it as text).
+        return Err(ApiError::unprocessable("unknown_project", format!("project {p:?} does not exist")));
+    }
     if !(-1000..=1000).contains(&req.priority) {
         return Err(ApiError::unprocessable("invalid_priority", "priority must be between -1000 and 1000"));
     }
     let mut sources = Vec::with_capacity(req.urls.len());
     for (i, u) in req.urls.iter().enumerate() {
+        // The submitted text is stored as well as its normal form; PostgreSQL cannot store U+0000.
+        if u.contains('\0') {
+            return Err(ApiError::unprocessable(
+                "invalid_url",
+                format!("urls[{i}] ({}): contains U+0000", urls::redact(&u.replace('\0', ""))),
+            ));
+        }
         match urls::parse_source(u, &s.http.platform_hosts, &s.http.allow_hosts) {
             Ok(src) => sources.push(src),
             Err(e) => {
@@ -61,13 +72,17 @@ async fn submit_videos(
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct VideoListQuery {
     /// Only videos in this state.
+    #[param(inline)]
     state: Option<VideoState>,
     /// Only videos of this project.
     project: Option<String>,
+    /// Return videos with ids after this cursor (the previous page's `next_cursor`).
     after: Option<i64>,
-    /// 1 to 1000 (default 100).
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -77,6 +92,10 @@ struct VideoListQuery {
     responses((status = 200, body = Page<VideoView>), (status = 400, body = ErrorBody)))]
 async fn list_videos(State(s): State<AppState>, AppQuery(q): AppQuery<VideoListQuery>) -> ApiResult<Page<VideoView>> {
     let limit = page_limit(q.limit)?;
+    if q.project.as_deref().is_some_and(|p| p.contains('\0')) {
+        // No project name has U+0000 (and PostgreSQL cannot compare it as text).
+        return Ok(AppJson(page(Vec::new(), limit, |v: &VideoView| v.id)));
+    }
     let f = VideoFilter { state: q.state, project: q.project, after: q.after.unwrap_or(0), limit };
     let items = s.store.list_videos(&f).await?;
     Ok(AppJson(page(items, limit, |v| v.id)))
