@@ -51,7 +51,7 @@ pub(crate) fn validate(dir: &str, r: &StageResult) -> Result<()> {
     if let Some(n) = stream_frames {
         nonneg("stream_frames", *n)?;
     }
-    if codec.as_ref().is_some_and(|c| c.len() > 64) {
+    if codec.as_ref().is_some_and(|c| c.chars().count() > 64) {
         return Err(StoreError::invalid("invalid_result", "codec is longer than 64 characters"));
     }
     Ok(())
