@@ -8,7 +8,7 @@ use dataminer_wire::*;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-both!(projects_share_extractions_only_with_equal_settings);
+both!(projects_share_extractions_only_with_equal_settings, cancelled_projects_do_not_strand_shared_content);
 
 async fn project_with(app: &TestApp, name: &str, extract: serde_json::Value) {
     let body = json!({"name": name, "config": {"extract": extract, "filter": {"positive_prompts": ["a door"]}}});
@@ -83,5 +83,43 @@ async fn projects_share_extractions_only_with_equal_settings(db: Db) {
     let st = app.status().await;
     assert_eq!(st.tasks["extract"]["succeeded"], 3, "exactly one extract task per distinct settings");
     assert_eq!(extract_tasks(&app.video(v).await), 3);
+    app.stop().await;
+}
+
+/// Content first met by a project that is then cancelled: its extraction still serves a
+/// project that joins later with equal settings, and one that was never made (the project
+/// was cancelled before the download finished) is made for the joining project.
+async fn cancelled_projects_do_not_strand_shared_content(db: Db) {
+    let app = spawn_app(db).await;
+    project_with(&app, "a", json!({})).await;
+    project_with(&app, "b", json!({})).await;
+    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    // x: a is cancelled while x's extraction runs; b joins afterwards.
+    let x = app.submit(&["https://example.com/x.mp4"], &["a"]).await[0].id;
+    let t = app.lease_one(agent, Stage::Download).await;
+    app.complete_ok(&t, &result_for(&t, 1, 0)).await;
+    let ex = app.lease_one(agent, Stage::Extract).await;
+    let _: ProjectView =
+        expect_json(app.user(Method::POST, "/v1/projects/a/cancel").send().await.expect("send"), StatusCode::OK).await;
+    app.complete_ok(&ex, &result_for(&ex, 1, 0)).await;
+    assert!(app.lease(agent, &[Stage::Filter], 5, 0).await.is_empty(), "no filter for a cancelled project");
+    app.submit(&["https://example.com/x.mp4"], &["b"]).await;
+    let f = app.lease_one(agent, Stage::Filter).await;
+    assert_eq!((f.input.project.as_deref(), f.input.frames_dir.as_ref()), (Some("b"), Some(&ex.attempt_dir)));
+    // y: c is cancelled before y's download finishes, so no extraction is made; b joins.
+    project_with(&app, "c", json!({"interval_frames": 5})).await;
+    let y = app.submit(&["https://example.com/y.mp4"], &["c"]).await[0].id;
+    let _: ProjectView =
+        expect_json(app.user(Method::POST, "/v1/projects/c/cancel").send().await.expect("send"), StatusCode::OK).await;
+    let t = app.lease_one(agent, Stage::Download).await;
+    app.complete_ok(&t, &result_for(&t, 2, 0)).await;
+    assert!(app.lease(agent, &[Stage::Extract], 5, 0).await.is_empty(), "nothing to extract for a cancelled project");
+    assert!(app.video(y).await.extractions.is_empty());
+    app.submit(&["https://example.com/y.mp4"], &["b"]).await;
+    let ex = app.lease_one(agent, Stage::Extract).await;
+    assert_eq!((ex.input.video_id, ex.input.extract.as_ref().map(|e| e.interval_frames)), (y, Some(30)));
+    app.complete_ok(&ex, &result_for(&ex, 2, 0)).await;
+    assert_eq!(app.lease_one(agent, Stage::Filter).await.input.video_id, y);
+    assert_eq!(app.video(x).await.extractions.len(), 1);
     app.stop().await;
 }

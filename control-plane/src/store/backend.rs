@@ -173,3 +173,38 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the concurrency-key race is transient: any other unique violation is a bug that
+    /// must surface, not be retried ten times.
+    #[tokio::test]
+    async fn only_the_concurrency_key_race_is_transient() {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:").await.expect("open");
+        sqlx::query(
+            "CREATE TABLE tasks (id INTEGER PRIMARY KEY, state TEXT, concurrency_key TEXT, name TEXT UNIQUE); \
+             CREATE UNIQUE INDEX tasks_key_leased ON tasks (concurrency_key) WHERE state = 'leased'",
+        )
+        .execute(&mut c)
+        .await
+        .expect("schema");
+        sqlx::query("INSERT INTO tasks (state, concurrency_key, name) VALUES ('leased', 'dedup:1', 'a')")
+            .execute(&mut c)
+            .await
+            .expect("first");
+        let key = sqlx::query("INSERT INTO tasks (state, concurrency_key, name) VALUES ('leased', 'dedup:1', 'b')")
+            .execute(&mut c)
+            .await
+            .expect_err("key race");
+        assert!(is_unique_violation(&key) && is_transient(&key), "{key}");
+        let other = sqlx::query("INSERT INTO tasks (state, concurrency_key, name) VALUES ('queued', 'dedup:2', 'a')")
+            .execute(&mut c)
+            .await
+            .expect_err("name clash");
+        assert!(is_unique_violation(&other) && !is_transient(&other), "{other}");
+        assert!(is_connection_error(&sqlx::Error::PoolTimedOut) && !is_connection_error(&other));
+    }
+}
