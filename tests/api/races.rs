@@ -93,8 +93,10 @@ async fn cancel_project_vs_extract_completion() {
     app.stop().await;
 }
 
-/// Join vs extract completion: a project joins the video while its extraction completes;
-/// each must see the other, or the new project-video waits forever.
+/// Join vs extract completion: a project joins the video (its project-video attached to the
+/// extraction, not yet committed) while that extraction completes. The join is parked on a
+/// second URL of its batch that the test's connection is inserting; the completion must wait
+/// for it and enqueue the joining project-video's filter too, or it waits forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_vs_extract_completion() {
     let (app, v, agent) = setup(&[Stage::Download]).await;
@@ -102,26 +104,30 @@ async fn join_vs_extract_completion() {
     let ex = app.lease_one(agent, Stage::Extract).await;
     let (mut hold, db) = connect(&app).await;
     let (mut admin, _) = connect(&app).await;
-    // Parks the completion after it recorded the frames, before it enqueues filters.
     sqlx::query("BEGIN").execute(&mut hold).await.expect("begin");
-    sqlx::query("SELECT 1 FROM projects WHERE name = 'p' FOR UPDATE").execute(&mut hold).await.expect("hold");
-    let result = result_for(&ex, 1, 0);
-    let done = app.complete(&ex, &result);
+    sqlx::query(
+        "INSERT INTO videos (url, url_key, source_kind, origin, state, priority, extract_config, created_at, updated_at) \
+         VALUES ('https://example.com/z.mp4', 'https://example.com/z.mp4', 'direct', 'api', 'PENDING', 0, '{}', 0, 0)",
+    )
+    .execute(&mut hold)
+    .await
+    .expect("hold");
+    let body =
+        serde_json::json!({"urls": ["https://example.com/a.mp4", "https://example.com/z.mp4"], "projects": ["b"]});
+    let join = app.user(Method::POST, "/v1/videos").json(&body).send();
     let steps = async {
-        assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "completion parked");
-        let join = async {
-            let body = serde_json::json!({"urls": ["https://example.com/a.mp4"], "projects": ["b"]});
-            app.user(Method::POST, "/v1/videos").json(&body).send().await.expect("send")
-        };
+        assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "join parked");
+        let result = result_for(&ex, 1, 0);
+        let done = app.complete(&ex, &result);
         let release = async {
             until_waiters(&mut admin, &db, 2, Duration::from_secs(2)).await;
             sqlx::query("ROLLBACK").execute(&mut hold).await.expect("release");
         };
-        let (j, ()) = tokio::join!(join, release);
-        j
+        let (r, ()) = tokio::join!(done, release);
+        r
     };
-    let (r, j) = tokio::join!(done, steps);
-    assert_eq!((r.status(), j.status()), (StatusCode::OK, StatusCode::OK));
+    let (j, r) = tokio::join!(join, steps);
+    assert_eq!((r.status(), j.expect("join").status()), (StatusCode::OK, StatusCode::OK));
     let filters = app.lease(agent, &[Stage::Filter], 5, 1_000).await;
     let mut projects: Vec<_> = filters.iter().filter_map(|f| f.input.project.clone()).collect();
     projects.sort();
@@ -164,5 +170,50 @@ async fn retry_task_vs_cancel_project() {
         "a task runs in a cancelled project"
     );
     assert!(app.lease(agent, &[Stage::Filter], 5, 0).await.is_empty());
+    app.stop().await;
+}
+
+/// Join vs download failure: a project joins the video (its project-video inserted, not yet
+/// committed) while the video's download dies. The join is parked on a second URL of its
+/// batch that the test's connection is inserting; the failure must wait for the join and fail
+/// its project-video too, never leave it waiting forever on a FAILED video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_vs_download_failure() {
+    let (app, v, agent) = setup(&[]).await;
+    app.create_project("b").await;
+    let dl = app.lease_one(agent, Stage::Download).await;
+    let (mut hold, db) = connect(&app).await;
+    let (mut admin, _) = connect(&app).await;
+    sqlx::query("BEGIN").execute(&mut hold).await.expect("begin");
+    sqlx::query(
+        "INSERT INTO videos (url, url_key, source_kind, origin, state, priority, extract_config, created_at, updated_at) \
+         VALUES ('https://example.com/z.mp4', 'https://example.com/z.mp4', 'direct', 'api', 'PENDING', 0, '{}', 0, 0)",
+    )
+    .execute(&mut hold)
+    .await
+    .expect("hold");
+    let body =
+        serde_json::json!({"urls": ["https://example.com/a.mp4", "https://example.com/z.mp4"], "projects": ["b"]});
+    let join = app.user(Method::POST, "/v1/videos").json(&body).send();
+    let steps = async {
+        assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "join parked");
+        let failed = app.fail(dl.task_id, dl.lease_token, "HTTP 404 Not Found", false);
+        let release = async {
+            // With the rule the failure waits for the join (2 waiters); without it, it
+            // commits in between, blind to the join's uncommitted project-video.
+            until_waiters(&mut admin, &db, 2, Duration::from_secs(2)).await;
+            sqlx::query("ROLLBACK").execute(&mut hold).await.expect("release");
+        };
+        let (f, ()) = tokio::join!(failed, release);
+        f
+    };
+    let (j, f) = tokio::join!(join, steps);
+    assert_eq!((f.status(), j.expect("join").status()), (StatusCode::OK, StatusCode::OK));
+    let d = app.video(v).await;
+    assert_eq!(d.video.state, VideoState::Failed);
+    for p in &d.projects {
+        assert_eq!(p.state, ProjectVideoState::Failed, "{} waits forever on a failed video: {p:?}", p.project);
+        assert!(p.error.as_deref().is_some_and(|e| e.contains("HTTP 404")), "{p:?}");
+    }
     app.stop().await;
 }
