@@ -11,5 +11,6 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod models;
 pub mod stages;
 pub mod worker;
