@@ -1,5 +1,7 @@
-//! Model stages, backend-independent parts: the keep/drop rules (`rules.rs`). The model
+//! Model stages, backend-independent parts: verified model packages (`manifest.rs`) and the
+//! keep/drop rules (`rules.rs`). The model
 //! runner (package → batched tensors in, tensors out) and the filter and dedup stages build
 //! on these.
 
+pub mod manifest;
 pub mod rules;
