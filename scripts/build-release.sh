@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-dist}"
+# Build dependencies (libjpeg-turbo for the agent's frame decoding) when missing.
+source scripts/lib/prereqs.sh
+ensure_build_packages
 cargo build --release --locked -p dataminer-control-plane -p dataminer-agent
 mkdir -p "$OUT"
 cp target/release/control-plane target/release/agent "$OUT/"

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-/opt/dataminer-venv}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends ca-certificates ffmpeg python3 python3-venv >/dev/null
+apt-get install -y -qq --no-install-recommends ca-certificates ffmpeg libturbojpeg0 python3 python3-venv >/dev/null
 rm -rf /var/lib/apt/lists/*
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --no-cache-dir --disable-pip-version-check -r requirements-agent.txt

@@ -5,6 +5,9 @@ ensure_debian_packages() {
   if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then need+=(ffmpeg); fi
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The agent decodes frames with libjpeg-turbo (as PIL does), found through pkg-config.
+  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+  pkg-config --exists libturbojpeg 2>/dev/null || need+=(libturbojpeg0-dev)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
   if [ ${#need[@]} -eq 0 ]; then return 0; fi
@@ -39,4 +42,18 @@ ensure_python_dev_tools() {
       return
     fi
   done
+}
+
+# What building the binaries needs beyond a Rust toolchain (the Dockerfile's build stage too):
+# pkg-config and libjpeg-turbo's development files.
+ensure_build_packages() {
+  local need=()
+  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+  pkg-config --exists libturbojpeg 2>/dev/null || need+=(libturbojpeg0-dev)
+  if [ ${#need[@]} -eq 0 ]; then return 0; fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  echo "installing Debian packages: ${need[*]}" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
