@@ -1,8 +1,11 @@
-//! Model stages, backend-independent parts: verified model packages (`manifest.rs`), frame
-//! pre-processing identical to the reference's PIL path (`preprocess.rs`) and the keep/drop
-//! rules (`rules.rs`). The model runner (package → batched tensors in, tensors out) and the
-//! filter and dedup stages build on these.
+//! Model stages: verified model packages (`manifest.rs`), frame pre-processing identical to
+//! the reference's PIL path (`preprocess.rs`), the keep/drop rules (`rules.rs`), and the
+//! backend seam (`runner.rs`: package → batched tensors in, tensors out) with its libtorch
+//! implementation (`torch.rs`, `models` feature only: CPU-only agents never link libtorch).
 
 pub mod manifest;
 pub mod preprocess;
 pub mod rules;
+pub mod runner;
+#[cfg(feature = "models")]
+pub mod torch;

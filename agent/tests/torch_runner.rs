@@ -1,0 +1,156 @@
+//! The libtorch backend on real TorchScript packages made by `scripts/models/export.py
+//! --ci-packages` into `$DATAMINER_TEST_MODELS_DIR` (`.ci/run` makes them): packages verify
+//! and load, outputs have the manifest's shapes, a batch gives the same rows as single images,
+//! random models' outputs vary across inputs, and the oracles give their documented values.
+#![cfg(feature = "models")]
+
+use std::path::PathBuf;
+
+use dataminer_agent::models::manifest::Package;
+use dataminer_agent::models::preprocess::{to_tensor, Rgb8};
+use dataminer_agent::models::rules::l2_normalise;
+use dataminer_agent::models::runner::{ImageOutput, Matrix, ModelRunner};
+use dataminer_agent::models::torch::{cuda_available, select_device, TorchRunner};
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(std::env::var("DATAMINER_TEST_MODELS_DIR").expect(
+        "DATAMINER_TEST_MODELS_DIR must name the CI packages (python3 scripts/models/export.py --out DIR --ci-packages)",
+    ))
+}
+
+fn load(name: &str) -> (Package, TorchRunner) {
+    let p = Package::load(&models_dir(), name).unwrap_or_else(|e| panic!("{e}"));
+    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.device(), "cpu");
+    (p, r)
+}
+
+/// A `w × h` image whose pixels follow `f(x, y) -> [r, g, b]`.
+fn image(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Rgb8 {
+    Rgb8 { width: w, height: h, data: (0..h).flat_map(|y| (0..w).flat_map(|x| f(x, y)).collect::<Vec<_>>()).collect() }
+}
+
+fn pixels(p: &Package, imgs: &[Rgb8]) -> Vec<f32> {
+    let s = &p.manifest.image;
+    let one = 3 * s.height as usize * s.width as usize;
+    let mut out = vec![0f32; one * imgs.len()];
+    for (i, img) in imgs.iter().enumerate() {
+        to_tensor(img, s, &mut out[i * one..(i + 1) * one]);
+    }
+    out
+}
+
+fn features(o: ImageOutput) -> Matrix {
+    match o {
+        ImageOutput::Features(m) => m,
+        ImageOutput::Embeddings { pooler, .. } => pooler,
+    }
+}
+
+fn inputs() -> Vec<Rgb8> {
+    (0..3u8)
+        .map(|k| {
+            image(40, 30, move |x, y| [(x * 6) as u8 ^ (k * 80), (y * 8) as u8, (k * 90).wrapping_add((x + y) as u8)])
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn random_packages_batch_consistently_and_vary_with_the_input() {
+    for name in ["siglip2-tiny", "dinov2-tiny"] {
+        let (p, r) = load(name);
+        let imgs = inputs();
+        let batch = features(r.image(&pixels(&p, &imgs), 3).expect("batch"));
+        assert_eq!((batch.rows, batch.cols), (3, p.manifest.embedding_dim), "{name}");
+        for (i, img) in imgs.iter().enumerate() {
+            let single = features(r.image(&pixels(&p, std::slice::from_ref(img)), 1).expect("single"));
+            assert!(max_abs_diff(single.row(0), batch.row(i)) < 1e-4, "{name}: row {i} depends on the batch");
+        }
+        assert!(max_abs_diff(batch.row(0), batch.row(1)) > 1e-3, "{name}: a constant model");
+    }
+    let (p, r) = load("dinov2-tiny");
+    match r.image(&pixels(&p, &inputs()), 3).expect("run") {
+        ImageOutput::Embeddings { hidden, tokens, pooler } => {
+            assert!(tokens >= 2);
+            assert_eq!((hidden.rows, hidden.cols), (3, tokens * pooler.cols));
+        }
+        other => panic!("an embedder returned {other:?}"),
+    }
+    let (p, r) = load("siglip2-tiny");
+    let len = p.manifest.text.as_ref().expect("text").length;
+    let ids: Vec<i64> = (0..2 * len as i64).map(|i| 2 + i % 7).collect();
+    let t = r.text(&ids, 2).expect("text tower");
+    assert_eq!((t.rows, t.cols), (2, p.manifest.embedding_dim));
+}
+
+#[test]
+fn thumbnail_oracle_is_its_formula() {
+    let (p, r) = load("thumbnail");
+    let img = image(64, 48, |x, y| [(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8]);
+    let out = features(r.image(&pixels(&p, std::slice::from_ref(&img)), 1).expect("run"));
+    // The formula on the pre-processed input: grey = channel mean of [0,1] values, 16×16
+    // average pool, minus its mean, L2-normalised.
+    let s = &p.manifest.image;
+    let (w, h) = (s.width as usize, s.height as usize);
+    let x = pixels(&p, std::slice::from_ref(&img));
+    let (bw, bh) = (w / 16, h / 16);
+    let mut v = vec![0f32; 256];
+    for (cell, slot) in v.iter_mut().enumerate() {
+        let (cy, cx) = (cell / 16, cell % 16);
+        let mut sum = 0f64;
+        for yy in cy * bh..(cy + 1) * bh {
+            for xx in cx * bw..(cx + 1) * bw {
+                sum += (0..3).map(|c| f64::from(x[c * w * h + yy * w + xx])).sum::<f64>() / 3.0;
+            }
+        }
+        *slot = (sum / (bw * bh) as f64) as f32;
+    }
+    let mean = v.iter().sum::<f32>() / 256.0;
+    v.iter_mut().for_each(|e| *e -= mean);
+    l2_normalise(&mut v);
+    assert!(max_abs_diff(&v, out.row(0)) < 1e-5, "{:?} vs {:?}", &v[..4], &out.row(0)[..4]);
+}
+
+#[test]
+fn meancolour_oracle_scores_as_documented() {
+    let (p, r) = load("meancolour");
+    let vocab: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir.join("tokenizer.json")).expect("tokenizer")).expect("json");
+    let text = p.manifest.text.clone().expect("text");
+    let id = |w: &str| vocab["model"]["vocab"][w].as_i64().unwrap_or_else(|| panic!("{w} not in the vocabulary"));
+    let prompts = ["red", "anything", "green"];
+    let mut ids = vec![text.pad_id; prompts.len() * text.length];
+    for (i, w) in prompts.iter().enumerate() {
+        ids[i * text.length] = id(w);
+    }
+    let t = r.text(&ids, prompts.len()).expect("text");
+    let red = image(8, 8, |_, _| [255, 0, 0]);
+    let img = features(r.image(&pixels(&p, std::slice::from_ref(&red)), 1).expect("image"));
+    let (scale, bias) = (p.manifest.logit_scale.expect("scale"), p.manifest.logit_bias.expect("bias"));
+    let score = |j: usize| {
+        let (a, b) = (img.row(0), t.row(j));
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        1.0 / (1.0 + (-(scale.exp() * dot / (na * nb) + bias)).exp())
+    };
+    // The package README's worked example: 0.894932 for red and anything, 6.144e-06 for green.
+    assert!((score(0) - 0.894932).abs() < 1e-5, "{}", score(0));
+    assert!((score(1) - 0.894932).abs() < 1e-5, "{}", score(1));
+    assert!(score(2) < 1e-5, "{}", score(2));
+}
+
+#[test]
+fn cuda_is_refused_where_libtorch_has_none() {
+    if !cuda_available() {
+        let e = select_device("cuda:0").expect_err("no CUDA here");
+        assert!(e.contains("has no CUDA"), "{e}");
+    }
+    assert!(select_device("tpu").is_err());
+    let auto = select_device("auto").expect("auto");
+    assert_eq!(auto == select_device("cpu").expect("cpu"), !cuda_available());
+}
