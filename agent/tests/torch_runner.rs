@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use dataminer_agent::models::manifest::Package;
 use dataminer_agent::models::preprocess::{to_tensor, Rgb8};
+use dataminer_agent::models::prompts::PromptTokenizer;
 use dataminer_agent::models::rules::l2_normalise;
 use dataminer_agent::models::runner::{ImageOutput, Matrix, ModelRunner};
 use dataminer_agent::models::torch::{cuda_available, select_device, TorchRunner};

@@ -5,6 +5,8 @@
 
 pub mod manifest;
 pub mod preprocess;
+#[cfg(feature = "models")]
+pub mod prompts;
 pub mod rules;
 pub mod runner;
 #[cfg(feature = "models")]
