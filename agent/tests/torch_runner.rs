@@ -119,15 +119,15 @@ fn thumbnail_oracle_is_its_formula() {
 #[test]
 fn meancolour_oracle_scores_as_documented() {
     let (p, r) = load("meancolour");
-    let vocab: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.dir.join("tokenizer.json")).expect("tokenizer")).expect("json");
     let text = p.manifest.text.clone().expect("text");
-    let id = |w: &str| vocab["model"]["vocab"][w].as_i64().unwrap_or_else(|| panic!("{w} not in the vocabulary"));
-    let prompts = ["red", "anything", "green"];
-    let mut ids = vec![text.pad_id; prompts.len() * text.length];
-    for (i, w) in prompts.iter().enumerate() {
-        ids[i * text.length] = id(w);
-    }
+    let tok = PromptTokenizer::load(&p.dir, &text).expect("tokenizer");
+    let prompts: Vec<String> = ["Red", "anything", "green"].iter().map(|s| s.to_string()).collect();
+    let ids = tok.encode(&prompts).expect("encode");
+    assert_eq!(ids.len(), 3 * text.length);
+    assert!(ids[1..text.length].iter().all(|i| *i == text.pad_id), "padded with the pad id: {ids:?}");
+    let long = vec!["red green blue white black grey red green blue".to_string()];
+    let e = tok.encode(&long).expect_err("too long");
+    assert!(e.contains("text length is 8"), "{e}");
     let t = r.text(&ids, prompts.len()).expect("text");
     let red = image(8, 8, |_, _| [255, 0, 0]);
     let img = features(r.image(&pixels(&p, std::slice::from_ref(&red)), 1).expect("image"));
