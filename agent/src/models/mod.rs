@@ -4,6 +4,7 @@
 //! implementation (`torch.rs`, `models` feature only: CPU-only agents never link libtorch).
 
 pub mod manifest;
+pub mod npy;
 pub mod preprocess;
 #[cfg(feature = "models")]
 pub mod prompts;
