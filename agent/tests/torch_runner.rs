@@ -6,10 +6,11 @@
 
 use std::path::PathBuf;
 
+use dataminer_agent::models::batch::{siglip_score, BatchError, BatchRun, FrameRef, Pooling};
 use dataminer_agent::models::manifest::Package;
 use dataminer_agent::models::preprocess::{to_tensor, Rgb8};
 use dataminer_agent::models::prompts::PromptTokenizer;
-use dataminer_agent::models::rules::l2_normalise;
+use dataminer_agent::models::rules::{dedup_video, filter_frame, l2_normalise, FilterThresholds, KeptSet};
 use dataminer_agent::models::runner::{ImageOutput, Matrix, ModelRunner};
 use dataminer_agent::models::torch::{cuda_available, select_device, TorchRunner};
 
@@ -154,4 +155,93 @@ fn cuda_is_refused_where_libtorch_has_none() {
     assert!(select_device("tpu").is_err());
     let auto = select_device("auto").expect("auto");
     assert_eq!(auto == select_device("cpu").expect("cpu"), !cuda_available());
+}
+
+/// Writes `frames` (solid colours, `None` for a corrupt file) as JPEGs under `dir`.
+fn write_frames(dir: &std::path::Path, frames: &[Option<[u8; 3]>]) -> Vec<FrameRef> {
+    std::fs::create_dir_all(dir).expect("dir");
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = format!("frame_{:06}.jpg", i + 1);
+            let bytes = match c {
+                Some(c) => {
+                    let img = image(48, 32, |_, _| *c);
+                    turbojpeg_bytes(&img)
+                }
+                None => b"\xff\xd8 truncated".to_vec(),
+            };
+            std::fs::write(dir.join(&name), bytes).expect("write");
+            FrameRef { index: i as u32 + 1, path: format!("frames/{name}") }
+        })
+        .collect()
+}
+
+fn turbojpeg_bytes(img: &Rgb8) -> Vec<u8> {
+    // Quality 100 keeps solid colours within a couple of levels of the input.
+    dataminer_agent::models::preprocess::encode_jpeg(img, 100).expect("encode")
+}
+
+#[test]
+fn meancolour_filter_keeps_the_red_frames_and_records_unreadable_ones() {
+    let (p, r) = load("meancolour");
+    let root = std::env::temp_dir().join(format!("dm-filter-{}", std::process::id()));
+    let frames = write_frames(&root.join("frames"), &[Some([255, 0, 0]), Some([0, 0, 255]), None, Some([250, 5, 5])]);
+    let run =
+        BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 3, pooling: Pooling::Pooler, threads: 2 };
+    let feats = run.image_features(&frames, &|| false).expect("run");
+    let text = p.manifest.text.clone().expect("text");
+    let tok = PromptTokenizer::load(&p.dir, &text).expect("tokenizer");
+    let t = r.text(&tok.encode(&["red".to_string()]).expect("ids"), 1).expect("text");
+    let mut red = t.row(0).to_vec();
+    l2_normalise(&mut red);
+    let (scale, bias) = (p.manifest.logit_scale.expect("scale"), p.manifest.logit_bias.expect("bias"));
+    let thresholds = FilterThresholds {
+        threshold: 0.5,
+        negative_threshold: 0.25,
+        margin_threshold: 0.05,
+        junk_threshold: 0.3,
+        junk_margin_threshold: 0.05,
+    };
+    let kept: Vec<Option<bool>> = feats
+        .iter()
+        .map(|f| {
+            f.as_ref()
+                .and_then(|f| filter_frame(&[siglip_score(f, &red, scale, bias)], &[], &[], &thresholds))
+                .map(|v| v.kept)
+        })
+        .collect();
+    assert_eq!(kept, [Some(true), Some(false), None, Some(true)]);
+    // Stopping is honoured between batches.
+    assert!(matches!(run.image_features(&frames, &|| true), Err(BatchError::Stopped)));
+    // A missing frame file is an I/O failure, not an unreadable frame.
+    let missing = [FrameRef { index: 9, path: "frames/nope.jpg".into() }];
+    assert!(matches!(run.image_features(&missing, &|| false), Err(BatchError::Io { .. })));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn thumbnail_dedup_drops_the_repeated_frame() {
+    let (p, r) = load("thumbnail");
+    let root = std::env::temp_dir().join(format!("dm-dedup-{}", std::process::id()));
+    let dir = root.join("frames");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let scene = |k: usize| image(64, 64, move |x, y| [((x * 4 + k * 40) % 256) as u8, (y * 4) as u8, 0]);
+    let mut frames = Vec::new();
+    for (i, k) in [0usize, 3, 0].iter().enumerate() {
+        let name = format!("frame_{:06}.jpg", i + 1);
+        std::fs::write(dir.join(&name), turbojpeg_bytes(&scene(*k))).expect("write");
+        frames.push(FrameRef { index: i as u32 + 1, path: format!("frames/{name}") });
+    }
+    let run =
+        BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 8, pooling: Pooling::Pooler, threads: 1 };
+    let feats = run.image_features(&frames, &|| false).expect("run");
+    let rows: Vec<((i64, i64), Vec<f32>)> =
+        feats.into_iter().enumerate().map(|(i, f)| ((7, i as i64 + 1), f.expect("readable"))).collect();
+    let mut kept = KeptSet::new(p.manifest.embedding_dim);
+    let v = dedup_video(&mut kept, &rows, 0.9).expect("dedup");
+    assert_eq!(v.iter().map(|d| d.kept).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(v[2].most_similar.map(|m| m.0), Some((7, 1)));
+    let _ = std::fs::remove_dir_all(&root);
 }

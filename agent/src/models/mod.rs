@@ -3,6 +3,7 @@
 //! backend seam (`runner.rs`: package → batched tensors in, tensors out) with its libtorch
 //! implementation (`torch.rs`, `models` feature only: CPU-only agents never link libtorch).
 
+pub mod batch;
 pub mod manifest;
 pub mod npy;
 pub mod preprocess;

@@ -33,6 +33,20 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, DecodeError> {
     Ok(Rgb8 { width: w, height: h, data })
 }
 
+/// Encodes RGB as a JPEG (4:4:4) at `quality` (tests and fixtures).
+pub fn encode_jpeg(img: &Rgb8, quality: i32) -> Result<Vec<u8>, DecodeError> {
+    let view = turbojpeg::Image {
+        pixels: img.data.as_slice(),
+        width: img.width,
+        pitch: img.width * 3,
+        height: img.height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    turbojpeg::compress(view, quality, turbojpeg::Subsamp::None)
+        .map(|b| b.to_vec())
+        .map_err(|e| DecodeError::Jpeg(e.to_string()))
+}
+
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 fn bilinear(x: f64) -> f64 {
