@@ -84,8 +84,8 @@ fn filter_scores_and_decisions_match_the_reference() {
     let root = std::env::temp_dir().join(format!("dm-parity-f-{}", std::process::id()));
     let (manifest, refs) = frames(&root);
     let (p, r) = load("siglip2-tiny");
-    let positive = vec!["a red car".to_string(), "a street at night".to_string()];
-    let negative = vec!["a dog".to_string()];
+    let positive = ["a red car".to_string(), "a street at night".to_string()];
+    let negative = ["a dog".to_string()];
     let run =
         BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 3, pooling: Pooling::Pooler, threads: 2 };
     let feats = run.image_features(&refs, &|| false).expect("run");
