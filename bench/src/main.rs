@@ -131,8 +131,45 @@ fn result_for(t: &LeasedTask) -> StageResult {
         Stage::Extract => {
             StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/manifest.json"), frame_count: 60 }
         }
-        Stage::Filter => StageResult::Filter { output_dir: d.clone(), frames_in: 60, frames_kept: 10 },
-        Stage::Dedup => StageResult::Dedup { output_dir: d.clone(), frames_in: 10, frames_kept: 5 },
+        // Per-frame rows as a real agent reports them: the filter keeps frames 1..=10 of the
+        // extraction, dedup keeps 1..=5 and drops 6..=10 as duplicates of frame 1.
+        Stage::Filter => {
+            let frames_dir = t.input.frames_dir.clone().unwrap_or_default();
+            StageResult::Filter {
+                output_dir: d.clone(),
+                frames_in: 60,
+                frames_kept: 10,
+                frames: (1..=10)
+                    .map(|i| FilterFrame {
+                        frame_index: i,
+                        pts_s: i as f64,
+                        path: format!("{frames_dir}/frame_{i:06}.jpg"),
+                        width: 1280,
+                        height: 720,
+                        best_prompt: 0,
+                        pos_max: 0.9,
+                        neg_max: None,
+                        junk_max: None,
+                    })
+                    .collect(),
+                frames_unreadable: 0,
+                config_digest: "bench".into(),
+            }
+        }
+        Stage::Dedup => StageResult::Dedup {
+            output_dir: d.clone(),
+            frames_in: 10,
+            frames_kept: 5,
+            decisions: (1..=10)
+                .map(|i| DedupDecision {
+                    frame_index: i,
+                    kept: i <= 5,
+                    duplicate_of: (i > 5).then_some(FrameRef { video_id: t.input.video_id, frame_index: 1 }),
+                    similarity: (i > 5).then_some(0.95),
+                })
+                .collect(),
+            model_digest: "bench".into(),
+        },
         Stage::Detect => StageResult::Detect { output_dir: d.clone(), frames_in: 5, detections: 7 },
     }
 }

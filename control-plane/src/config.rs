@@ -117,6 +117,10 @@ pub struct Config {
     /// Largest accepted request body (413 above).
     #[arg(long, global = true, env = "DATAMINER_BODY_LIMIT_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub body_limit_bytes: usize,
+    /// Largest accepted body on the completion routes (`/v1/tasks/{id}/complete`,
+    /// `/v1/tasks/complete`), which carry per-frame results (413 above).
+    #[arg(long, global = true, env = "DATAMINER_RESULT_BODY_LIMIT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub result_body_limit_bytes: usize,
     /// Most URLs in one submission.
     #[arg(long, global = true, env = "DATAMINER_MAX_URLS_PER_REQUEST", default_value_t = 10_000)]
     pub max_urls_per_request: usize,
@@ -217,6 +221,9 @@ impl Config {
         }
         if self.body_limit_bytes < 1024 {
             p.push("body limit must be at least 1 KiB".into());
+        }
+        if self.result_body_limit_bytes < 1024 {
+            p.push("result body limit must be at least 1 KiB".into());
         }
         if !(1..=100_000).contains(&self.max_urls_per_request) {
             p.push("max URLs per request must be between 1 and 100000".into());

@@ -64,6 +64,7 @@ impl Application {
                 platform_hosts: config.platform_hosts.clone(),
                 allow_hosts: config.allow_hosts.clone(),
                 body_limit_bytes: config.body_limit_bytes,
+                result_body_limit_bytes: config.result_body_limit_bytes,
             }),
             metrics,
             shutdown: shutdown.clone(),

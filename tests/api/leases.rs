@@ -370,7 +370,10 @@ async fn completion_results_are_validated(db: Db) {
     assert!(msg.contains("zero-frame"), "{msg}");
     app.complete_ok(&t, &result_for(&t, 1, 0)).await;
     let t = app.lease_one(agent, Stage::Filter).await;
-    let too_many = StageResult::Filter { output_dir: t.attempt_dir.clone(), frames_in: 3, frames_kept: 4 };
+    let mut too_many = filter_result(&t, &[1, 2, 3, 4]);
+    if let StageResult::Filter { frames_in, .. } = &mut too_many {
+        *frames_in = 3;
+    }
     expect_error(app.complete(&t, &too_many).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_result").await;
     app.stop().await;
 }

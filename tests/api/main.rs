@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod expiry;
 mod extractions;
+mod frames;
 mod leases;
 mod lifecycle;
 mod openapi;

@@ -73,9 +73,9 @@ async fn full_pipeline_reaches_complete(db: Db) {
 
     let t = app.lease_one(agent, Stage::Dedup).await;
     assert_eq!(t.input.filtered_dir.as_deref(), pv(&app.video(id).await, "doors").filter_dir.as_deref());
-    assert!(t.input.prior_kept_dirs.is_empty());
+    assert_eq!(t.input.kept_seq_upto, 0, "the kept set is empty");
     assert_eq!(pv(&app.video(id).await, "doors").state, ProjectVideoState::Deduping);
-    app.complete_ok(&t, &result_for(&t, 1, 4)).await;
+    app.complete_ok(&t, &dedup_result(&t, 6, 4, None)).await;
     let d = app.video(id).await;
     assert_eq!(pv(&d, "doors").state, ProjectVideoState::Deduped);
     assert_eq!(pv(&d, "doors").kept_seq, Some(1));
@@ -105,30 +105,42 @@ async fn full_pipeline_reaches_complete(db: Db) {
 async fn empty_filter_and_empty_dedup_are_terminal(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
-    let v = app.submit(&["https://example.com/a.mp4", "https://example.com/b.mp4"], &["p"]).await;
+    let urls = ["https://example.com/a.mp4", "https://example.com/b.mp4", "https://example.com/c.mp4"];
+    app.submit(&urls, &["p"]).await;
     let agent = app.register("w1", &Stage::ALL, &[]).await;
-    for i in 0..2 {
+    for i in 0..3 {
         let t = app.lease_one(agent, Stage::Download).await;
         app.complete_ok(&t, &result_for(&t, 10 + i, 0)).await;
         let t = app.lease_one(agent, Stage::Extract).await;
         app.complete_ok(&t, &result_for(&t, 10 + i, 0)).await;
     }
     let t = app.lease_one(agent, Stage::Filter).await;
-    let first = t.input.video_id;
+    let empty = t.input.video_id;
     app.complete_ok(&t, &result_for(&t, 0, 0)).await; // nothing kept
     let t = app.lease_one(agent, Stage::Filter).await;
     app.complete_ok(&t, &result_for(&t, 0, 3)).await;
+    let t = app.lease_one(agent, Stage::Filter).await;
+    app.complete_ok(&t, &result_for(&t, 0, 3)).await;
+    // The first dedup keeps everything; every frame of the second duplicates its frame 1.
     let t = app.lease_one(agent, Stage::Dedup).await;
-    app.complete_ok(&t, &result_for(&t, 0, 0)).await; // all duplicates
-    assert!(app.lease(agent, &Stage::ALL, 10, 0).await.is_empty(), "no detect for an empty dedup");
-    let second = if first == v[0].id { v[1].id } else { v[0].id };
-    assert_eq!(pv(&app.video(first).await, "p").state, ProjectVideoState::FilteredEmpty);
-    let d = app.video(second).await;
+    let kept_video = t.input.video_id;
+    app.complete_ok(&t, &result_for(&t, 0, 3)).await;
+    let t = app.lease_one(agent, Stage::Dedup).await;
+    let dup_video = t.input.video_id;
+    let prior = FrameRef { video_id: kept_video, frame_index: 1 };
+    app.complete_ok(&t, &dedup_result(&t, 3, 0, Some(prior))).await; // all duplicates
+    let t = app.lease_one(agent, Stage::Detect).await;
+    assert_eq!(t.input.video_id, kept_video, "no detect for an empty dedup");
+    app.complete_ok(&t, &result_for(&t, 0, 1)).await;
+    assert!(app.lease(agent, &Stage::ALL, 10, 0).await.is_empty());
+    assert_eq!(pv(&app.video(empty).await, "p").state, ProjectVideoState::FilteredEmpty);
+    let d = app.video(dup_video).await;
     assert_eq!(pv(&d, "p").state, ProjectVideoState::Complete);
     assert_eq!(pv(&d, "p").kept_seq, None, "a video that kept nothing never enters the kept set");
     let st = app.project_status("p").await;
     assert_eq!(st.state, ProjectState::Complete);
     assert_eq!(st.by_state["FILTERED_EMPTY"], 1);
+    assert_eq!((st.frames.filtered, st.frames.dedup_kept, st.frames.dedup_duplicate), (6, 3, 3));
     app.stop().await;
 }
 
@@ -156,13 +168,18 @@ async fn dedup_order_is_recorded_and_fed_back(db: Db) {
     let d1 = app.lease(agent, &[Stage::Dedup], 3, 1_000).await;
     assert_eq!(d1.len(), 1, "one dedup per project at a time");
     assert!(app.lease(agent, &[Stage::Dedup], 3, 0).await.is_empty(), "key held");
-    app.complete_ok(&d1[0], &result_for(&d1[0], 0, 2)).await;
+    assert_eq!(d1[0].input.kept_seq_upto, 0);
+    app.complete_ok(&d1[0], &dedup_result(&d1[0], 5, 2, None)).await;
     let d2 = app.lease_one(agent, Stage::Dedup).await;
-    assert_eq!(d2.input.prior_kept_dirs, vec![d1[0].attempt_dir.clone()]);
-    app.complete_ok(&d2, &result_for(&d2, 0, 2)).await;
+    assert_eq!(d2.input.kept_seq_upto, 1);
+    app.complete_ok(&d2, &dedup_result(&d2, 5, 2, None)).await;
     let d3 = app.lease_one(agent, Stage::Dedup).await;
-    assert_eq!(d3.input.prior_kept_dirs, vec![d1[0].attempt_dir.clone(), d2.attempt_dir.clone()]);
-    app.complete_ok(&d3, &result_for(&d3, 0, 1)).await;
+    assert_eq!(d3.input.kept_seq_upto, 2);
+    app.complete_ok(&d3, &dedup_result(&d3, 5, 1, None)).await;
+    let kept: Page<KeptEntry> =
+        expect_json(app.agent(Method::GET, "/v1/projects/p/kept").send().await.expect("send"), StatusCode::OK).await;
+    let dirs: Vec<(i64, &str)> = kept.items.iter().map(|k| (k.kept_seq, k.dedup_dir.as_str())).collect();
+    assert_eq!(dirs, vec![(1, d1[0].attempt_dir.as_str()), (2, d2.attempt_dir.as_str()), (3, d3.attempt_dir.as_str())]);
     for (t, seq) in [(&d1[0], 1), (&d2, 2), (&d3, 3)] {
         assert_eq!(pv(&app.video(t.input.video_id).await, "p").kept_seq, Some(seq));
     }

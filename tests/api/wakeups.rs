@@ -52,7 +52,7 @@ async fn a_dedup_completion_wakes_the_projects_next_dedup(db: Db) {
     };
     let completer = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        app.complete_ok(&first, &result_for(&first, 1, 2)).await;
+        app.complete_ok(&first, &dedup_result(&first, 3, 2, None)).await;
     };
     let ((got, waited), ()) = tokio::join!(waiter, completer);
     assert_eq!(got.len(), 1, "the next dedup was not handed out ({waited:?})");

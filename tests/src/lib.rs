@@ -342,8 +342,58 @@ impl TestApp {
     }
 }
 
+/// A frame the filter kept, as [`result_for`] reports it: inside the task's frames directory.
+pub fn filter_frame(t: &LeasedTask, i: i64) -> FilterFrame {
+    FilterFrame {
+        frame_index: i,
+        pts_s: i as f64 / 30.0,
+        path: format!("{}/frame_{i:06}.jpg", t.input.frames_dir.as_deref().unwrap_or("frames")),
+        width: 640,
+        height: 360,
+        best_prompt: 0,
+        pos_max: 0.5 + i as f32 / 100.0,
+        neg_max: None,
+        junk_max: None,
+    }
+}
+
+/// A filter result keeping `frames` (frame indices) of 10.
+pub fn filter_result(t: &LeasedTask, frames: &[i64]) -> StageResult {
+    StageResult::Filter {
+        output_dir: t.attempt_dir.clone(),
+        frames_in: 10,
+        frames_kept: frames.len() as i64,
+        frames: frames.iter().map(|&i| filter_frame(t, i)).collect(),
+        frames_unreadable: 0,
+        config_digest: "cfg-1".into(),
+    }
+}
+
+/// A dedup result over the filter's kept frames `1..=filter_kept` (what [`result_for`]'s
+/// filter keeps) that keeps the first `kept`; the others are duplicates of `dup_of` or, when
+/// absent, of the video's frame 1 (which must then be kept).
+pub fn dedup_result(t: &LeasedTask, filter_kept: i64, kept: i64, dup_of: Option<FrameRef>) -> StageResult {
+    let target = dup_of.unwrap_or(FrameRef { video_id: t.input.video_id, frame_index: 1 });
+    StageResult::Dedup {
+        output_dir: t.attempt_dir.clone(),
+        frames_in: filter_kept,
+        frames_kept: kept,
+        decisions: (1..=filter_kept)
+            .map(|i| DedupDecision {
+                frame_index: i,
+                kept: i <= kept,
+                duplicate_of: (i > kept).then_some(target),
+                similarity: (i > kept).then_some(0.95),
+            })
+            .collect(),
+        model_digest: "dino-1".into(),
+    }
+}
+
 /// A plausible result for a leased task, with outputs inside its attempt directory. The
 /// download's sha256 is derived from `content` so tests choose which videos are identical.
+/// The filter keeps frames `1..=kept` of 10; dedup keeps every one of `kept` filter-kept
+/// frames (use [`dedup_result`] to drop some).
 pub fn result_for(t: &LeasedTask, content: u64, kept: i64) -> StageResult {
     let d = &t.attempt_dir;
     match t.stage {
@@ -363,10 +413,8 @@ pub fn result_for(t: &LeasedTask, content: u64, kept: i64) -> StageResult {
         Stage::Extract => {
             StageResult::Extract { frames_dir: d.clone(), manifest_path: format!("{d}/manifest.json"), frame_count: 10 }
         }
-        Stage::Filter => StageResult::Filter { output_dir: d.clone(), frames_in: 10, frames_kept: kept },
-        Stage::Dedup => {
-            StageResult::Dedup { output_dir: d.clone(), frames_in: 10.min(kept.max(0) + 5), frames_kept: kept }
-        }
+        Stage::Filter => filter_result(t, &(1..=kept).collect::<Vec<_>>()),
+        Stage::Dedup => dedup_result(t, kept, kept, None),
         Stage::Detect => StageResult::Detect { output_dir: d.clone(), frames_in: 5, detections: kept },
     }
 }

@@ -27,7 +27,7 @@ pub struct RegisterAgentRequest {
     #[schema(max_length = 128, pattern = "^[^\\u0000]*$")]
     pub version: String,
     /// Must equal the control plane's `PROTOCOL_VERSION` (400 otherwise).
-    #[schema(minimum = 1, maximum = 1)]
+    #[schema(minimum = 2, maximum = 2)]
     pub protocol_version: u32,
 }
 

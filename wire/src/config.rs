@@ -95,6 +95,11 @@ impl Default for ExtractConfig {
     }
 }
 
+/// The filter's keep rule (all inequalities strict, as the original Data Miner): a frame is
+/// kept iff `pos_max > threshold`; with negative prompts also `neg_max < negative_threshold`
+/// and `pos_max − neg_max > margin_threshold`; with junk prompts also
+/// `junk_max < junk_threshold` and `pos_max − junk_max > junk_margin_threshold`. `pos_max`,
+/// `neg_max` and `junk_max` are the best scores of the frame over each prompt list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
@@ -103,16 +108,30 @@ pub struct FilterConfig {
     pub model: String,
     #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
-    /// A frame is kept when its best positive score is at least this…
+    /// Kept only if the best positive score is strictly above this.
     #[schema(minimum = -1, maximum = 1)]
     pub threshold: f64,
-    /// …and beats the best negative score by at least this.
+    /// With negative prompts: kept only if the best positive score beats the best negative
+    /// score by strictly more than this.
     #[schema(minimum = -2, maximum = 2)]
     pub margin_threshold: f64,
     #[schema(schema_with = crate::schema::positive_prompts, required = true)]
     pub positive_prompts: Vec<String>,
     #[schema(schema_with = crate::schema::prompts)]
     pub negative_prompts: Vec<String>,
+    /// With negative prompts: kept only if the best negative score is strictly below this.
+    #[schema(minimum = -1, maximum = 1)]
+    pub negative_threshold: f64,
+    /// Prompts describing unusable frames (blur, black, text slides…).
+    #[schema(schema_with = crate::schema::prompts)]
+    pub junk_prompts: Vec<String>,
+    /// With junk prompts: kept only if the best junk score is strictly below this.
+    #[schema(minimum = -1, maximum = 1)]
+    pub junk_threshold: f64,
+    /// With junk prompts: kept only if the best positive score beats the best junk score by
+    /// strictly more than this.
+    #[schema(minimum = -2, maximum = 2)]
+    pub junk_margin_threshold: f64,
 }
 
 impl Default for FilterConfig {
@@ -124,13 +143,35 @@ impl Default for FilterConfig {
             margin_threshold: 0.05,
             positive_prompts: Vec::new(),
             negative_prompts: Vec::new(),
+            negative_threshold: 0.25,
+            junk_prompts: Vec::new(),
+            junk_threshold: 0.3,
+            junk_margin_threshold: 0.05,
         }
     }
 }
 
+/// Which output of the image embedder dedup compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupEmbedding {
+    /// The model's pooled output.
+    #[default]
+    Pooler,
+    /// The last hidden state's first token (CLS).
+    HiddenCls,
+    /// The mean of the last hidden state's patch tokens (1..).
+    HiddenMean,
+}
+
+/// Dedup is exact: in frame order a frame is dropped iff its cosine similarity to any frame
+/// already kept in the project (earlier videos in `kept_seq` order, then earlier kept frames
+/// of its own video) is at least `threshold`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
+    /// Name of the image embedder package on the agents. Cannot change once the project has
+    /// a kept set (the embeddings would not be comparable).
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
     #[schema(minimum = 1, maximum = 4096)]
@@ -138,13 +179,23 @@ pub struct DedupConfig {
     /// A frame is dropped when its cosine similarity to a kept frame is at least this.
     #[schema(minimum = -1, maximum = 1)]
     pub threshold: f64,
+    /// Ignored: dedup compares against every kept frame (exact, no neighbour limit). Still
+    /// accepted so configurations written for the original keep working.
     #[schema(minimum = 1, maximum = 10000)]
     pub k_neighbors: u32,
+    /// Cannot change once the project has a kept set.
+    pub embedding: DedupEmbedding,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self { model: "dino".into(), batch_size: 64, threshold: 0.90, k_neighbors: 50 }
+        Self {
+            model: "dino".into(),
+            batch_size: 64,
+            threshold: 0.90,
+            k_neighbors: 50,
+            embedding: DedupEmbedding::Pooler,
+        }
     }
 }
 
@@ -183,6 +234,25 @@ pub const MAX_PROMPT_CHARS: usize = 500;
 const MAX_MODEL_NAME_CHARS: usize = 128;
 
 impl ProjectConfig {
+    /// Why `new` may not replace `self` once the project has a kept set (dedup embeddings of
+    /// another model or output are not comparable with the kept ones); `None` when it may.
+    pub fn kept_set_conflict(&self, new: &ProjectConfig) -> Option<String> {
+        let (a, b) = (&self.dedup, &new.dedup);
+        if a.model != b.model {
+            Some(format!(
+                "dedup.model cannot change from {:?} to {:?}: the project has a kept set made with it",
+                a.model, b.model
+            ))
+        } else if a.embedding != b.embedding {
+            Some(format!(
+                "dedup.embedding cannot change from {:?} to {:?}: the project has a kept set made with it",
+                a.embedding, b.embedding
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Every problem with this configuration, each naming the field; empty when valid.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -209,6 +279,10 @@ impl ProjectConfig {
         }
         check_prompts(&mut p, "filter.positive_prompts", &f.positive_prompts);
         check_prompts(&mut p, "filter.negative_prompts", &f.negative_prompts);
+        check_range(&mut p, "filter.negative_threshold", f.negative_threshold, -1.0, 1.0);
+        check_prompts(&mut p, "filter.junk_prompts", &f.junk_prompts);
+        check_range(&mut p, "filter.junk_threshold", f.junk_threshold, -1.0, 1.0);
+        check_range(&mut p, "filter.junk_margin_threshold", f.junk_margin_threshold, -2.0, 2.0);
         let d = &self.dedup;
         check_model(&mut p, "dedup.model", &d.model);
         check_batch(&mut p, "dedup.batch_size", d.batch_size);
@@ -268,6 +342,11 @@ mod tests {
         assert_eq!(c.extract.jpeg_quality, 95);
         assert_eq!(c.filter.threshold, 0.25);
         assert_eq!(c.filter.margin_threshold, 0.05);
+        assert_eq!(c.filter.negative_threshold, 0.25);
+        assert!(c.filter.junk_prompts.is_empty());
+        assert_eq!(c.filter.junk_threshold, 0.3);
+        assert_eq!(c.filter.junk_margin_threshold, 0.05);
+        assert_eq!(c.dedup.embedding, DedupEmbedding::Pooler);
         assert_eq!(c.dedup.threshold, 0.90);
         assert_eq!(c.dedup.k_neighbors, 50);
         assert_eq!(c.detect.threshold, 0.3);

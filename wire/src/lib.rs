@@ -23,7 +23,8 @@ pub use videos::*;
 
 /// Version of the agent ↔ control-plane protocol. Bumped only for incompatible changes;
 /// additive changes (new optional fields, new routes) keep it, so rolling upgrades work.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: dedup's `prior_kept_dirs` replaced by `kept_seq_upto` and the `/kept` pages.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// PostgreSQL cannot store U+0000 in text, so the API refuses it in every string it stores or
 /// looks up as text, on both backends alike; the schema declares it with this pattern.

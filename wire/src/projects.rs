@@ -64,4 +64,86 @@ pub struct FrameCounts {
     /// Frames kept by dedup.
     pub deduped: i64,
     pub detections: i64,
+    /// Frames the filter could not decode (never kept).
+    #[serde(default)]
+    pub unreadable: i64,
+    /// Filter-kept frames whose current dedup state is `kept` (rows of `/frames`).
+    #[serde(default)]
+    pub dedup_kept: i64,
+    /// Filter-kept frames whose current dedup state is `duplicate`.
+    #[serde(default)]
+    pub dedup_duplicate: i64,
+}
+
+/// A filter-kept frame's dedup state; absent until its video's dedup ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameState {
+    Kept,
+    Duplicate,
+}
+
+impl FrameState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameState::Kept => "kept",
+            FrameState::Duplicate => "duplicate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FrameState> {
+        [FrameState::Kept, FrameState::Duplicate].into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// A frame the filter kept (`GET /v1/projects/{name}/frames`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FrameView {
+    pub video_id: i64,
+    pub frame_index: i64,
+    pub pts_s: f64,
+    /// The frame file, relative to the data root.
+    pub path: String,
+    pub width: i64,
+    pub height: i64,
+    /// Index into the filter's `positive_prompts`.
+    pub best_prompt: i64,
+    pub pos_max: f64,
+    pub neg_max: Option<f64>,
+    pub junk_max: Option<f64>,
+    pub dedup_state: Option<FrameState>,
+    /// For a duplicate: the kept frame it duplicates.
+    pub duplicate_of: Option<crate::FrameRef>,
+    pub similarity: Option<f64>,
+}
+
+/// A page of frames, ordered by (video_id, frame_index).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FramePage {
+    pub items: Vec<FrameView>,
+    /// `<video_id>:<frame_index>` of the last item; pass as `after` for the next page.
+    /// Absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Where a rerun starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RerunFrom {
+    Filter,
+    Dedup,
+}
+
+/// `POST /v1/projects/{name}/rerun`: run a stage again (after a config change) for every
+/// project-video that has finished it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    pub from: RerunFrom,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RerunResponse {
+    /// Project-videos sent back, each with a new task.
+    pub requeued: i64,
 }

@@ -107,6 +107,74 @@ fn one() -> u32 {
     1
 }
 
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// A frame the filter kept, as reported in its completion (relative path inside the
+/// extraction's frames, scores of the best prompts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FilterFrame {
+    /// The frame's index in the extraction manifest (1-based there); unique per result.
+    #[schema(minimum = 0)]
+    pub frame_index: i64,
+    pub pts_s: f64,
+    /// The frame file, relative to the data root.
+    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\u0000]*$")]
+    pub path: String,
+    #[schema(minimum = 0)]
+    pub width: i64,
+    #[schema(minimum = 0)]
+    pub height: i64,
+    /// Index into the filter config's `positive_prompts` of the best-scoring prompt.
+    #[schema(minimum = 0)]
+    pub best_prompt: i64,
+    /// Best positive score.
+    pub pos_max: f32,
+    /// Best negative score; absent without negative prompts.
+    #[serde(default)]
+    pub neg_max: Option<f32>,
+    /// Best junk score; absent without junk prompts.
+    #[serde(default)]
+    pub junk_max: Option<f32>,
+}
+
+/// A frame of the project: one video's frame index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FrameRef {
+    pub video_id: i64,
+    #[schema(minimum = 0)]
+    pub frame_index: i64,
+}
+
+/// Dedup's decision for one of the video's filter-kept frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DedupDecision {
+    #[schema(minimum = 0)]
+    pub frame_index: i64,
+    /// False: a duplicate of `duplicate_of`.
+    pub kept: bool,
+    /// For a duplicate: its most similar kept frame (of an earlier video of the kept set, or
+    /// an earlier kept frame of this video).
+    #[serde(default)]
+    pub duplicate_of: Option<FrameRef>,
+    /// For a duplicate: the cosine similarity to `duplicate_of`, in [-1, 1].
+    #[serde(default)]
+    #[schema(minimum = -1, maximum = 1)]
+    pub similarity: Option<f32>,
+}
+
+/// An entry of a project's kept set (`GET /v1/projects/{name}/kept`), in `kept_seq` order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeptEntry {
+    pub kept_seq: i64,
+    pub video_id: i64,
+    /// The accepted dedup output of that project-video (embeddings of its kept frames).
+    pub dedup_dir: String,
+    /// The model package digest that dedup ran with.
+    pub model_digest: String,
+}
+
 /// The longest `wait_ms` a lease request may name (and the longest wait a control plane may
 /// be configured for).
 pub const MAX_LEASE_WAIT_MS: u64 = 120_000;
@@ -170,10 +238,14 @@ pub struct TaskInput {
     /// dedup: this video's filter output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filtered_dir: Option<String>,
-    /// dedup: dedup outputs of the project's videos already in the kept set, in the order
-    /// they entered it (replaying this order reproduces the project's result).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub prior_kept_dirs: Vec<String>,
+    /// dedup: the kept set this dedup must compare against is every project-video with
+    /// `kept_seq <= kept_seq_upto` (0: none), in `kept_seq` order — replaying that order
+    /// reproduces the project's result. The agent pages what its cache lacks from
+    /// `GET /v1/projects/{name}/kept?after_seq=`. (Replaces protocol 1's `prior_kept_dirs`,
+    /// which grew with the project.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schema(minimum = 0)]
+    pub kept_seq_upto: i64,
     /// detect: this video's dedup output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deduped_dir: Option<String>,
@@ -250,18 +322,38 @@ pub enum StageResult {
         output_dir: String,
         #[schema(minimum = 0)]
         frames_in: i64,
-        /// At most `frames_in`.
+        /// Equals the number of `frames`; `frames_kept + frames_unreadable <= frames_in`.
         #[schema(minimum = 0)]
         frames_kept: i64,
+        /// The kept frames only (dropped ones live in the attempt's `scores.npy`); frame
+        /// indices unique.
+        #[serde(default)]
+        frames: Vec<FilterFrame>,
+        /// Frames that could not be decoded (never kept).
+        #[serde(default)]
+        #[schema(minimum = 0)]
+        frames_unreadable: i64,
+        /// Digest of the filter config and model package the filter ran with.
+        #[serde(default)]
+        #[schema(max_length = 128, pattern = "^[^\\u0000]*$")]
+        config_digest: String,
     },
     Dedup {
         #[schema(pattern = "^[^\\u0000]*$")]
         output_dir: String,
+        /// The video's filter-kept frames (= the number of `decisions`).
         #[schema(minimum = 0)]
         frames_in: i64,
-        /// At most `frames_in`.
+        /// The decisions with `kept: true`.
         #[schema(minimum = 0)]
         frames_kept: i64,
+        /// One per filter-kept frame of the video, exactly.
+        #[serde(default)]
+        decisions: Vec<DedupDecision>,
+        /// Digest of the embedder package; every kept-set entry must share it.
+        #[serde(default)]
+        #[schema(max_length = 128, pattern = "^[^\\u0000]*$")]
+        model_digest: String,
     },
     Detect {
         #[schema(pattern = "^[^\\u0000]*$")]
@@ -282,9 +374,11 @@ impl StageResult {
                 nul(file_path) || nul(sha256) || codec.as_deref().is_some_and(nul)
             }
             StageResult::Extract { frames_dir, manifest_path, .. } => nul(frames_dir) || nul(manifest_path),
-            StageResult::Filter { output_dir, .. }
-            | StageResult::Dedup { output_dir, .. }
-            | StageResult::Detect { output_dir, .. } => nul(output_dir),
+            StageResult::Filter { output_dir, frames, config_digest, .. } => {
+                nul(output_dir) || nul(config_digest) || frames.iter().any(|f| nul(&f.path))
+            }
+            StageResult::Dedup { output_dir, model_digest, .. } => nul(output_dir) || nul(model_digest),
+            StageResult::Detect { output_dir, .. } => nul(output_dir),
         }
     }
 

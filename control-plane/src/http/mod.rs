@@ -39,6 +39,8 @@ pub struct HttpSettings {
     pub platform_hosts: Vec<String>,
     pub allow_hosts: Vec<String>,
     pub body_limit_bytes: usize,
+    /// The completion routes' own limit (per-frame results are large).
+    pub result_body_limit_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -142,8 +144,19 @@ fn user_routes() -> OpenApiRouter<AppState> {
         .merge(ops::user_router())
 }
 
-fn agent_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(agents::agent_router()).merge(tasks::agent_router())
+/// `result_limit`: the completion routes' body limit (absent when only the document is built).
+fn agent_routes(result_limit: Option<usize>) -> OpenApiRouter<AppState> {
+    let complete = tasks::complete_router();
+    let complete = match result_limit {
+        // Closer to the handler than the app-wide limit, so it replaces it on these routes.
+        Some(limit) => complete.layer(DefaultBodyLimit::max(limit)),
+        None => complete,
+    };
+    OpenApiRouter::new()
+        .merge(agents::agent_router())
+        .merge(tasks::agent_router())
+        .merge(complete)
+        .merge(projects::agent_router())
 }
 
 /// The OpenAPI document (also what `control-plane openapi` prints and the drift test checks).
@@ -152,7 +165,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     // `#[openapi]` run before that, on a document without paths).
     let mut api = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(user_routes())
-        .merge(agent_routes())
+        .merge(agent_routes(None))
         .merge(ops::open_router())
         .split_for_parts()
         .1;
@@ -164,7 +177,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn app(state: AppState) -> Router {
     let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(user_routes().route_layer(middleware::from_fn_with_state(state.clone(), auth::require_user)))
-        .merge(agent_routes().route_layer(middleware::from_fn_with_state(state.clone(), auth::require_agent)))
+        .merge(
+            agent_routes(Some(state.http.result_body_limit_bytes))
+                .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_agent)),
+        )
         .merge(ops::open_router())
         .split_for_parts();
     CommonResponses.modify(&mut api);

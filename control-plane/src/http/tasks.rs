@@ -22,10 +22,13 @@ pub fn agent_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(lease))
         .routes(routes!(heartbeat))
-        .routes(routes!(complete))
-        .routes(routes!(complete_batch))
         .routes(routes!(fail))
         .routes(routes!(release))
+}
+
+/// The completion routes, apart: they get their own body limit (`DATAMINER_RESULT_BODY_LIMIT_BYTES`).
+pub fn complete_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(complete)).routes(routes!(complete_batch))
 }
 
 pub fn user_router() -> OpenApiRouter<AppState> {

@@ -45,6 +45,9 @@ pub(crate) enum Event {
     Cancel,
     /// A user retried it (its dead or cancelled task, or its video).
     Reopen,
+    /// A user re-runs its project from this stage (`POST /v1/projects/{name}/rerun`), after
+    /// a config change: it goes back to the stage's waiting state with a new task.
+    Rerun,
 }
 
 /// One allowed change: subjects of `subject` in one of `from` go to one of `to` on `event`
@@ -117,6 +120,9 @@ pub(crate) const TRANSITIONS: &[Transition] = &[
     t(ProjectVideo, DD, Reopen, &["FAILED", "CANCELLED"], &["FILTERED"]),
     t(ProjectVideo, DT, Reopen, &["FAILED", "CANCELLED"], &["DEDUPED"]),
     t(ProjectVideo, None, Reopen, &["FAILED", "CANCELLED"], &["PENDING"]),
+    // Reruns: only project-videos at rest past the stage (none of its tasks running).
+    t(ProjectVideo, FI, Rerun, &["FILTERED", "FILTERED_EMPTY", "DEDUPED", "COMPLETE"], &["PENDING"]),
+    t(ProjectVideo, DD, Rerun, &["FILTERED", "DEDUPED", "COMPLETE"], &["FILTERED"]),
 ];
 
 /// The transition for (subject, stage, event). A missing row is a bug in the store, caught
@@ -248,6 +254,19 @@ mod tests {
             let (waiting, running) = waiting_running(stage);
             assert_eq!(transition(subject_of(stage), Some(stage), Requeue).to, &[waiting]);
             assert_eq!(transition(subject_of(stage), Some(stage), Requeue).from, &[running]);
+        }
+    }
+
+    #[test]
+    fn reruns_leave_only_resting_states_and_land_on_the_waiting_state() {
+        for stage in [Stage::Filter, Stage::Dedup] {
+            let x = transition(ProjectVideo, Some(stage), Rerun);
+            assert_eq!(x.stage, Some(stage));
+            let (waiting, running) = waiting_running(stage);
+            assert_eq!(x.to, &[waiting]);
+            for running in [running, "DEDUPING", "DETECTING", "FAILED", "CANCELLED"] {
+                assert!(!x.from.contains(&running), "{stage} rerun from {running}");
+            }
         }
     }
 

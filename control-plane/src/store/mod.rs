@@ -7,6 +7,7 @@
 
 mod agents;
 mod backend;
+mod frames;
 mod health;
 mod machine;
 mod projects;
@@ -24,6 +25,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
 
 pub use backend::{Backend, NOTIFY_CHANNEL};
+pub use frames::FrameQuery;
 pub use health::WallClock;
 pub use queue::{CompleteOutcome, FailOutcome, HeartbeatOutcome, ReapReport, MAX_BATCH};
 pub use videos::VideoFilter;

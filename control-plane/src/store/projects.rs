@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use dataminer_wire::{FrameCounts, ProjectConfig, ProjectState, ProjectStatus, ProjectVideoState, ProjectView};
+use dataminer_wire::{
+    FrameCounts, ProjectConfig, ProjectState, ProjectStatus, ProjectVideoState, ProjectView, RerunFrom, Stage,
+};
 use sqlx::Row;
 use tracing::instrument;
 
@@ -85,12 +87,39 @@ impl Store {
 
     /// Replaces a project's configuration. Tasks leased from now on read the new settings;
     /// running ones keep the settings they were leased with. Extract settings apply to
-    /// project-videos that join afterwards (each keeps the settings it joined with).
+    /// project-videos that join afterwards (each keeps the settings it joined with). The
+    /// dedup model and embedding cannot change once the project has a kept set (409): the
+    /// kept embeddings would no longer be comparable with new ones.
     #[instrument(skip(self, config))]
     pub async fn update_project_config(&self, name: &str, config: &ProjectConfig) -> Result<ProjectView> {
+        let new = config;
         let config = check_config(config)?;
         let mut tx = self.begin_write().await?;
         let now = self.now(&mut tx).await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
+        // FOR UPDATE: a dedup completion (FOR SHARE) cannot start the kept set between the
+        // check and the update.
+        stages::lock_owners(self, &mut tx, "projects", &[id], stages::LockMode::Update).await?;
+        let old: String =
+            sqlx::query_scalar("SELECT config FROM projects WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        // The kept set's partial unique index (project_id, kept_seq) answers this.
+        let kept: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM project_videos WHERE project_id = $1 AND kept_seq IS NOT NULL")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let has_kept = kept > 0;
+        if has_kept {
+            let old: ProjectConfig =
+                serde_json::from_str(&old).map_err(|e| StoreError::Corrupt(format!("project config: {e}")))?;
+            if let Some(reason) = old.kept_set_conflict(new) {
+                return Err(StoreError::conflict("kept_set_exists", reason));
+            }
+        }
         let sql = format!("UPDATE projects SET config = $1, updated_at = $2 WHERE name = $3 RETURNING {PROJECT_COLS}");
         let row = sqlx::query(&sql).bind(config).bind(now).bind(name).fetch_optional(&mut *tx).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
@@ -115,11 +144,44 @@ impl Store {
         project(&row)
     }
 
+    /// Re-runs a project from a stage after a config change: every project-video at rest
+    /// past it (the machine's `Rerun` from-states) goes back to the stage's waiting state
+    /// with a new task; queued successors that are now stale are withdrawn. From dedup, the
+    /// kept set is cleared and rebuilt in the old `kept_seq` order (the dedup tasks share one
+    /// priority and are inserted in that order; the concurrency key runs them one at a time,
+    /// in lease order: priority, then id). Refused (409) while a project-stage task of the
+    /// project is running or when the project is cancelled.
+    #[instrument(skip(self))]
+    pub async fn rerun_project(&self, name: &str, from: RerunFrom) -> Result<i64> {
+        let stage = match from {
+            RerunFrom::Filter => Stage::Filter,
+            RerunFrom::Dedup => Stage::Dedup,
+        };
+        let mut tx = self.begin_write().await?;
+        let now = self.now(&mut tx).await?;
+        let row = sqlx::query("SELECT id, cancelled FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
+        let id: i64 = row.try_get("id")?;
+        stages::lock_owners(self, &mut tx, "projects", &[id], stages::LockMode::Update).await?;
+        let cancelled: i64 =
+            sqlx::query_scalar("SELECT cancelled FROM projects WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        if cancelled != 0 {
+            return Err(StoreError::conflict("project_cancelled", format!("project {name:?} is cancelled")));
+        }
+        let n = stages::project::rerun(self, &mut tx, id, stage, now).await?;
+        self.commit_and_wake(tx, &[stage]).await?;
+        Ok(n)
+    }
+
     pub async fn project_status(&self, name: &str) -> Result<ProjectStatus> {
         let p = self.get_project(name).await?;
         let rows = sqlx::query(
             "SELECT state, COUNT(*) AS n, CAST(COALESCE(SUM(frames_in), 0) AS BIGINT) AS fin, \
              CAST(COALESCE(SUM(frames_filtered), 0) AS BIGINT) AS ffil, \
+             CAST(COALESCE(SUM(frames_unreadable), 0) AS BIGINT) AS funr, \
              CAST(COALESCE(SUM(frames_deduped), 0) AS BIGINT) AS fded, \
              CAST(COALESCE(SUM(detections), 0) AS BIGINT) AS dets \
              FROM project_videos WHERE project_id = $1 GROUP BY state",
@@ -144,7 +206,11 @@ impl Store {
             frames.filtered += r.try_get::<i64, _>("ffil")?;
             frames.deduped += r.try_get::<i64, _>("fded")?;
             frames.detections += r.try_get::<i64, _>("dets")?;
+            frames.unreadable += r.try_get::<i64, _>("funr")?;
         }
+        let by_dedup = self.frame_state_counts(p.id).await?;
+        frames.dedup_kept = by_dedup.get(&Some("kept".to_string())).copied().unwrap_or(0);
+        frames.dedup_duplicate = by_dedup.get(&Some("duplicate".to_string())).copied().unwrap_or(0);
         let state = if p.cancelled {
             ProjectState::Cancelled
         } else if total > 0 && open == 0 {

@@ -168,7 +168,7 @@ impl Store {
                     } else {
                         let dir =
                             stages::attempt_dir(t.s.stage, t.s.video_id, project.as_deref(), t.s.id, t.s.lease_token);
-                        stages::validate_result(t.s.stage, &dir, &item.result).map(|()| {
+                        stages::validate_result(&t.s, &dir, &item.result).map(|()| {
                             accepted.push(i);
                             false
                         })
@@ -182,20 +182,33 @@ impl Store {
         // our read) is a lost lease and gets no successors.
         let subjects: Vec<&TaskSubject> = accepted.iter().map(|&i| &rows[&items[i].task_id].0.s).collect();
         stages::lock_task_owners(self, &mut tx, &subjects).await?;
+        // What only the database can check (dedup covers the filter-kept frames, …): a
+        // refusal is this item's 422 and takes it out of the batch before anything is written.
+        let mut checked = Vec::with_capacity(accepted.len());
+        for &i in &accepted {
+            let item = &items[i];
+            match stages::validate_in_tx(&mut tx, &rows[&item.task_id].0.s, &item.result).await {
+                Ok(()) => checked.push(i),
+                Err(e @ StoreError::Invalid { .. }) => verdicts[i] = Err(e),
+                Err(e) => return Err(e),
+            }
+        }
+        // `accepted` keeps every item judged acceptable before this check, so a repeat of a
+        // refused one within the batch is refused too (below).
         let mut fenced: Vec<i64> = Vec::new();
-        if !accepted.is_empty() {
+        if !checked.is_empty() {
             let sql = format!(
                 "UPDATE tasks SET state = 'succeeded', result = v.column3, output_path = v.column4, finished_at = $1, \
                  updated_at = $1, lease_expires_at = NULL FROM (VALUES {}) AS v \
                  WHERE {} RETURNING tasks.id",
-                values_rows(3, accepted.len(), 4),
+                values_rows(3, checked.len(), 4),
                 fence("v.column1", "v.column2", "$1", "$2")
             );
             let mut q = sqlx::query(&sql).bind(now).bind(i64::from(grace));
-            for &i in &accepted {
+            for &i in &checked {
                 let item = &items[i];
-                let json =
-                    serde_json::to_string(&item.result).map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+                let json = serde_json::to_string(&stages::stored_result(&item.result))
+                    .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
                 q = q
                     .bind(item.task_id)
                     .bind(item.lease_token)
@@ -208,7 +221,7 @@ impl Store {
         }
         let mut applied = Vec::new();
         let mut durations = Vec::new();
-        for &i in &accepted {
+        for &i in &checked {
             let item = &items[i];
             let (t, _) = &rows[&item.task_id];
             if fenced.contains(&item.task_id) {
@@ -227,7 +240,14 @@ impl Store {
                 && matches!(verdicts[i], Ok(true));
             if repeat_of_refused {
                 let (t, _) = &rows[&item.task_id];
-                verdicts[i] = Err(refuse(t, item.lease_token, now, grace));
+                // A repeat of a result the database check refused gets the same 422.
+                let invalid = accepted.iter().find_map(|&j| match &verdicts[j] {
+                    Err(StoreError::Invalid { code, message }) if j != i && items[j].task_id == item.task_id => {
+                        Some(StoreError::invalid(code, message.clone()))
+                    }
+                    _ => None,
+                });
+                verdicts[i] = Err(invalid.unwrap_or_else(|| refuse(t, item.lease_token, now, grace)));
             }
         }
         let fx = stages::apply_results(self, &mut tx, &applied, now).await?;

@@ -1,5 +1,5 @@
 //! The rows a lease's inputs are read from, loaded once per lease with one query per kind
-//! (videos, extractions, projects, project-videos, dedup kept sets), whatever the batch.
+//! (videos, extractions, projects, project-videos, dedup kept-set lengths), whatever the batch.
 
 use std::collections::HashMap;
 
@@ -35,7 +35,9 @@ pub(crate) struct Inputs {
     pub extractions: HashMap<i64, ExtractionRow>,
     pub projects: HashMap<i64, (String, ProjectConfig)>,
     pub pvs: HashMap<(i64, i64), PvRow>,
-    pub kept: HashMap<i64, Vec<String>>,
+    /// Per project with a dedup task: the last `kept_seq` of its kept set (the agent pages
+    /// the entries it lacks from `/kept`, so the lease stays the same size as the project grows).
+    pub kept_upto: HashMap<i64, i64>,
 }
 
 fn ids(it: impl Iterator<Item = i64>) -> Vec<i64> {
@@ -118,12 +120,12 @@ impl Inputs {
                 );
             }
         }
-        // Each dedup task gets its project's kept set so far, in the order it was built.
+        // Each dedup task gets the length of its project's kept set so far.
         let dedup_projects = ids(leased.iter().filter(|t| t.stage == Stage::Dedup).filter_map(|t| t.project_id));
         if !dedup_projects.is_empty() {
             let sql = format!(
-                "SELECT project_id, dedup_dir FROM project_videos WHERE project_id IN ({}) AND kept_seq IS NOT NULL \
-                 ORDER BY project_id, kept_seq",
+                "SELECT project_id, CAST(MAX(kept_seq) AS BIGINT) AS upto FROM project_videos \
+                 WHERE project_id IN ({}) AND kept_seq IS NOT NULL GROUP BY project_id",
                 placeholders(1, dedup_projects.len())
             );
             let mut q = sqlx::query(&sql);
@@ -131,8 +133,7 @@ impl Inputs {
                 q = q.bind(*p);
             }
             for r in q.fetch_all(&mut **tx).await? {
-                let dir: Option<String> = r.try_get("dedup_dir")?;
-                i.kept.entry(r.try_get("project_id")?).or_default().push(dir.unwrap_or_default());
+                i.kept_upto.insert(r.try_get("project_id")?, r.try_get("upto")?);
             }
         }
         Ok(i)

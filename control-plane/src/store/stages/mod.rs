@@ -233,7 +233,8 @@ pub(crate) async fn move_subjects(
 }
 
 /// Checks a completion's result against the task it completes.
-pub(crate) fn validate_result(stage: Stage, dir: &str, r: &StageResult) -> Result<()> {
+pub(crate) fn validate_result(t: &TaskSubject, dir: &str, r: &StageResult) -> Result<()> {
+    let stage = t.stage;
     if r.stage() != stage {
         return Err(StoreError::invalid(
             "result_stage_mismatch",
@@ -243,7 +244,39 @@ pub(crate) fn validate_result(stage: Stage, dir: &str, r: &StageResult) -> Resul
     match stage {
         Stage::Download => download::validate(dir, r),
         Stage::Extract => extract::validate(dir, r),
-        Stage::Filter | Stage::Dedup | Stage::Detect => project::validate(dir, r),
+        Stage::Filter | Stage::Dedup | Stage::Detect => project::validate(t, dir, r),
+    }
+}
+
+/// The checks of a result that need the database, run in the completing transaction after
+/// the owners are locked and before the fenced update, so a refused result changes nothing
+/// and the other completions of a batch go on.
+pub(crate) async fn validate_in_tx(tx: &mut Tx, t: &TaskSubject, r: &StageResult) -> Result<()> {
+    match t.stage {
+        Stage::Filter | Stage::Dedup => super::frames::validate_in_tx(tx, t, r).await,
+        _ => Ok(()),
+    }
+}
+
+/// The result as the task row keeps it: without the per-frame rows, which live in
+/// `project_frames` (a task row stays small whatever the video's length).
+pub(crate) fn stored_result(r: &StageResult) -> std::borrow::Cow<'_, StageResult> {
+    match r {
+        StageResult::Filter { frames, .. } if !frames.is_empty() => {
+            let mut c = r.clone();
+            if let StageResult::Filter { frames, .. } = &mut c {
+                frames.clear();
+            }
+            std::borrow::Cow::Owned(c)
+        }
+        StageResult::Dedup { decisions, .. } if !decisions.is_empty() => {
+            let mut c = r.clone();
+            if let StageResult::Dedup { decisions, .. } = &mut c {
+                decisions.clear();
+            }
+            std::borrow::Cow::Owned(c)
+        }
+        _ => std::borrow::Cow::Borrowed(r),
     }
 }
 

@@ -9,19 +9,21 @@ use sqlx::Row;
 
 use super::inputs::Inputs;
 use super::{enqueue_many, lock_owners, nonneg, path_ok, values_rows, Effects, LockMode, NewTask, TaskSubject, Tx};
+use crate::store::frames;
 use crate::store::machine::{self, Event, Subject};
 use crate::store::{placeholders, Result, Store, StoreError};
 
-pub(crate) fn validate(dir: &str, r: &StageResult) -> Result<()> {
+/// The checks a result passes on its own (the database-aware ones run in the completing
+/// transaction: [`crate::store::frames::validate_in_tx`]).
+pub(crate) fn validate(t: &TaskSubject, dir: &str, r: &StageResult) -> Result<()> {
     match r {
-        StageResult::Filter { output_dir, frames_in, frames_kept }
-        | StageResult::Dedup { output_dir, frames_in, frames_kept } => {
-            path_ok("output_dir", output_dir, dir)?;
-            nonneg("frames_in", *frames_in)?;
-            nonneg("frames_kept", *frames_kept)?;
-            if frames_kept > frames_in {
-                return Err(StoreError::invalid("invalid_result", "frames_kept cannot exceed frames_in"));
-            }
+        StageResult::Filter { output_dir, frames_in, frames_kept, frames, frames_unreadable, config_digest } => {
+            counts(dir, output_dir, *frames_in, *frames_kept)?;
+            frames::check_filter(*frames_in, *frames_kept, frames, *frames_unreadable, config_digest)?;
+        }
+        StageResult::Dedup { output_dir, frames_in, frames_kept, decisions, model_digest } => {
+            counts(dir, output_dir, *frames_in, *frames_kept)?;
+            frames::check_dedup(t.video_id, *frames_in, *frames_kept, decisions, model_digest)?;
         }
         StageResult::Detect { output_dir, frames_in, detections } => {
             path_ok("output_dir", output_dir, dir)?;
@@ -29,6 +31,16 @@ pub(crate) fn validate(dir: &str, r: &StageResult) -> Result<()> {
             nonneg("detections", *detections)?;
         }
         _ => return Err(StoreError::invalid("result_stage_mismatch", "not a project-stage result")),
+    }
+    Ok(())
+}
+
+fn counts(dir: &str, output_dir: &str, frames_in: i64, frames_kept: i64) -> Result<()> {
+    path_ok("output_dir", output_dir, dir)?;
+    nonneg("frames_in", frames_in)?;
+    nonneg("frames_kept", frames_kept)?;
+    if frames_kept > frames_in {
+        return Err(StoreError::invalid("invalid_result", "frames_kept cannot exceed frames_in"));
     }
     Ok(())
 }
@@ -53,7 +65,7 @@ pub(crate) fn input(inputs: &mut Inputs, t: &TaskSubject) -> Result<(TaskInput, 
         Stage::Dedup => {
             input.dedup = Some(config.dedup.clone());
             input.filtered_dir = pv.filter_dir;
-            input.prior_kept_dirs = inputs.kept.get(&t.project_id.unwrap_or(0)).cloned().unwrap_or_default();
+            input.kept_seq_upto = inputs.kept_upto.get(&t.project_id.unwrap_or(0)).copied().unwrap_or(0);
         }
         _ => {
             let mut detect = config.detect.clone();
@@ -121,23 +133,39 @@ pub(crate) async fn apply_filter(
     let guard = machine::guard("project_videos.state", Subject::ProjectVideo, Some(Stage::Filter), Event::Complete);
     let sql = format!(
         "UPDATE project_videos SET state = CASE WHEN v.column5 = 0 THEN 'FILTERED_EMPTY' ELSE 'FILTERED' END, \
-         frames_in = v.column3, filter_dir = v.column4, frames_filtered = v.column5, updated_at = $1 \
+         frames_in = v.column3, filter_dir = v.column4, frames_filtered = v.column5, frames_unreadable = v.column6, \
+         filter_digest = v.column7, updated_at = $1 \
          FROM (VALUES {}) AS v WHERE project_videos.project_id = v.column1 AND project_videos.video_id = v.column2 \
          AND {guard} RETURNING project_videos.project_id, project_videos.video_id, project_videos.frames_filtered",
-        values_rows(2, batch.len(), 5)
+        values_rows(2, batch.len(), 7)
     );
     let mut q = sqlx::query(&sql).bind(now);
     for (t, r) in batch {
-        if let StageResult::Filter { output_dir, frames_in, frames_kept } = r {
+        if let StageResult::Filter { output_dir, frames_in, frames_kept, frames_unreadable, config_digest, .. } = r {
             q = q
                 .bind(t.project_id.unwrap_or(0))
                 .bind(t.video_id)
                 .bind(*frames_in)
                 .bind(output_dir.as_str())
-                .bind(*frames_kept);
+                .bind(*frames_kept)
+                .bind(*frames_unreadable)
+                .bind(config_digest.as_str());
         }
     }
     let rows = q.fetch_all(&mut **tx).await?;
+    // Only the project-videos the guard moved get rows (a cancelled one keeps none).
+    let mut replaced = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let key: (i64, i64) = (r.try_get("project_id")?, r.try_get("video_id")?);
+        for (t, res) in batch {
+            if let StageResult::Filter { frames, .. } = res {
+                if (t.project_id.unwrap_or(0), t.video_id) == key {
+                    replaced.push((key.0, key.1, frames.as_slice()));
+                }
+            }
+        }
+    }
+    frames::replace_filter_rows(tx, &replaced).await?;
     enqueue_successors(store, tx, &rows, "frames_filtered", batch, Stage::Dedup, now, fx).await
 }
 
@@ -195,20 +223,35 @@ pub(crate) async fn apply_dedup(
         rest = later;
         let sql = format!(
             "UPDATE project_videos SET state = CASE WHEN v.column4 > 0 THEN 'DEDUPED' ELSE 'COMPLETE' END, \
-             dedup_dir = v.column3, frames_deduped = v.column4, updated_at = $1, \
+             dedup_dir = v.column3, frames_deduped = v.column4, dedup_digest = v.column5, updated_at = $1, \
              kept_seq = CASE WHEN v.column4 > 0 THEN (SELECT COALESCE(MAX(k.kept_seq), 0) + 1 FROM project_videos k \
                  WHERE k.project_id = v.column1) ELSE NULL END \
              FROM (VALUES {}) AS v WHERE project_videos.project_id = v.column1 AND project_videos.video_id = v.column2 \
              AND {guard} RETURNING project_videos.project_id, project_videos.video_id, project_videos.frames_deduped",
-            values_rows(2, round.len(), 4)
+            values_rows(2, round.len(), 5)
         );
         let mut q = sqlx::query(&sql).bind(now);
         for (t, r) in &round {
-            if let StageResult::Dedup { output_dir, frames_kept, .. } = r {
-                q = q.bind(t.project_id.unwrap_or(0)).bind(t.video_id).bind(output_dir.as_str()).bind(*frames_kept);
+            if let StageResult::Dedup { output_dir, frames_kept, model_digest, .. } = r {
+                q = q
+                    .bind(t.project_id.unwrap_or(0))
+                    .bind(t.video_id)
+                    .bind(output_dir.as_str())
+                    .bind(*frames_kept)
+                    .bind(model_digest.as_str());
             }
         }
         let rows = q.fetch_all(&mut **tx).await?;
+        for r in &rows {
+            let key: (i64, i64) = (r.try_get("project_id")?, r.try_get("video_id")?);
+            for (t, res) in &round {
+                if let StageResult::Dedup { decisions, .. } = res {
+                    if (t.project_id.unwrap_or(0), t.video_id) == key {
+                        frames::record_decisions(tx, key.0, key.1, decisions).await?;
+                    }
+                }
+            }
+        }
         enqueue_successors(store, tx, &rows, "frames_deduped", &round, Stage::Detect, now, fx).await?;
     }
     Ok(())
@@ -305,4 +348,97 @@ pub(crate) async fn reopen_upstream(tx: &mut Tx, column: &str, id: i64, now: i64
              AND t.video_id = project_videos.video_id AND t.state IN ('dead', 'cancelled'))"
     );
     Ok(sqlx::query(&sql).bind(now).bind(id).execute(&mut **tx).await?.rows_affected())
+}
+
+/// A rerun of project `project_id` from `stage` (filter or dedup); the caller has locked the
+/// project `FOR UPDATE` and checked it is not cancelled. Returns how many project-videos got
+/// a new task. See `Store::rerun_project`.
+pub(crate) async fn rerun(store: &Store, tx: &mut Tx, project_id: i64, stage: Stage, now: i64) -> Result<i64> {
+    let busy: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tasks WHERE project_id = $1 AND state = 'leased' \
+         AND stage IN ('filter', 'dedup', 'detect')",
+    )
+    .bind(project_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if busy > 0 {
+        return Err(StoreError::conflict(
+            "project_busy",
+            format!("{busy} filter/dedup/detect tasks of the project are running; rerun once they finish"),
+        ));
+    }
+    let x = machine::transition(Subject::ProjectVideo, Some(stage), Event::Rerun);
+    let guard = machine::in_list("pv.state", x.from);
+    // From dedup: only videos the filter kept frames of; in the old kept-set order first,
+    // then those that never entered it (by video id), so replaying reproduces the order.
+    let with_frames = if stage == Stage::Dedup { " AND pv.frames_filtered > 0" } else { "" };
+    let sql = format!(
+        "SELECT pv.video_id, v.priority FROM project_videos pv JOIN videos v ON v.id = pv.video_id \
+         WHERE pv.project_id = $1 AND {guard}{with_frames} \
+         ORDER BY CASE WHEN pv.kept_seq IS NULL THEN 1 ELSE 0 END, pv.kept_seq, pv.video_id"
+    );
+    let rows = sqlx::query(&sql).bind(project_id).fetch_all(&mut **tx).await?;
+    let mut videos = Vec::with_capacity(rows.len());
+    let mut priority = i64::MIN;
+    for r in &rows {
+        videos.push(r.try_get::<i64, _>("video_id")?);
+        priority = priority.max(r.try_get::<i64, _>("priority")?);
+    }
+    if videos.is_empty() {
+        return Ok(0);
+    }
+    let stale = match stage {
+        Stage::Filter => "'filter', 'dedup', 'detect'",
+        _ => "'dedup', 'detect'",
+    };
+    let reset = match stage {
+        Stage::Filter => {
+            "frames_in = NULL, frames_filtered = NULL, frames_unreadable = NULL, filter_dir = NULL, \
+             filter_digest = NULL, "
+        }
+        _ => "",
+    };
+    for chunk in videos.chunks(256) {
+        let list = placeholders(2, chunk.len());
+        // Queued successors computed from the old results never ran: they are withdrawn, not
+        // cancelled, so no retry can bring them back behind the rerun's tasks.
+        let withdraw = format!(
+            "DELETE FROM tasks WHERE project_id = $1 AND state = 'queued' AND stage IN ({stale}) \
+             AND video_id IN ({list})"
+        );
+        let mut q = sqlx::query(&withdraw).bind(project_id);
+        for v in chunk {
+            q = q.bind(*v);
+        }
+        q.execute(&mut **tx).await?;
+        let guard = machine::in_list("state", x.from);
+        let update = format!(
+            "UPDATE project_videos SET state = '{}', {reset}frames_deduped = NULL, dedup_dir = NULL, \
+             dedup_digest = NULL, kept_seq = NULL, detections = NULL, detect_dir = NULL, failed_stage = NULL, \
+             error = NULL, updated_at = ${} WHERE project_id = $1 AND video_id IN ({list}) AND {guard}",
+            x.to[0],
+            chunk.len() + 2
+        );
+        let mut q = sqlx::query(&update).bind(project_id);
+        for v in chunk {
+            q = q.bind(*v);
+        }
+        q.bind(now).execute(&mut **tx).await?;
+    }
+    frames::clear_decisions(tx, project_id, &videos).await?;
+    // One statement per task so ids follow the order (lease order is priority, then id), and
+    // one priority for all, so no video of the old order overtakes another.
+    let priority = if stage == Stage::Dedup { Some(priority) } else { None };
+    for (v, r) in videos.iter().zip(&rows) {
+        let task = NewTask {
+            stage,
+            video_id: *v,
+            project_id: Some(project_id),
+            extraction_id: None,
+            priority: priority.map_or_else(|| r.try_get("priority"), Ok)?,
+            requires: None,
+        };
+        enqueue_many(store, tx, std::slice::from_ref(&task), now).await?;
+    }
+    Ok(videos.len() as i64)
 }
