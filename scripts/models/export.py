@@ -219,12 +219,17 @@ def meancolour_vocab():
     return vocab, k_of
 
 
+THUMBNAIL_MIN_NORM = 1e-4
+
+
 class ThumbnailImage(nn.Module):
     def forward(self, pixel_values: torch.Tensor):
         grey = pixel_values.mean(dim=1, keepdim=True)  # [B,1,H,W]
         pooled = nn.functional.adaptive_avg_pool2d(grey, (16, 16)).flatten(1)  # [B,256]
         centred = pooled - pooled.mean(dim=1, keepdim=True)
-        emb = nn.functional.normalize(centred, p=2.0, dim=1, eps=1e-12)
+        norm = centred.norm(p=2, dim=1, keepdim=True)
+        # A (near-)uniform frame is exactly zero, not float rounding noise blown up to unit length.
+        emb = torch.where(norm > THUMBNAIL_MIN_NORM, centred / norm.clamp_min(THUMBNAIL_MIN_NORM), torch.zeros_like(centred))
         return emb, torch.stack([emb, emb], dim=1)
 
 
@@ -669,11 +674,13 @@ so the image tower sees RGB in [0,1].
 
 pooler (D = 256): grey = mean over the 3 channels of the input; 16x16 adaptive average pool
 (each cell is the mean of a {cell}x{cell} block); flatten row-major; subtract the mean of the 256
-values; divide by max(L2 norm, 1e-12).
+values; divide by its L2 norm, except that a centred vector with L2 norm <= 1e-4 (a uniform frame:
+only float rounding is left) gives the zero vector, exactly.
 last_hidden_state = stack([pooler, pooler]) ([B,2,256]), so `pooler`, `hidden_cls` (token 0) and
 `hidden_mean` (mean of tokens 1..) are the same vector.
-A uniform frame (every block equal) gives the zero vector: use textured frames (testsrc2, gradients)
-for dedup tests, never solid colours.
+A uniform frame gives the zero vector: its cosine with anything is 0 when normalised as
+x / max(|x|, eps) (never a duplicate), NaN when divided by |x|. Use textured frames (testsrc2,
+gradients) for dedup tests, never solid colours.
 """
 
 
