@@ -387,6 +387,12 @@ def main(argv=None) -> int:
     ap.add_argument("--bench-repeat", type=int, default=1, help="--bench: passes over the frames")
     ap.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
     args = ap.parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
     if args.threads:
         torch.set_num_threads(args.threads)

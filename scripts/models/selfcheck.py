@@ -77,6 +77,25 @@ def pixels(pkg_manifest, b, seed=0):
     return (x - m) / s
 
 
+def varied_pixels(pkg_manifest, b, seed=0):
+    """b different-looking images (colour, gradient direction, noise level), normalised."""
+    im = pkg_manifest["image"]
+    h, w = im["height"], im["width"]
+    g = torch.Generator().manual_seed(seed)
+    yy = torch.linspace(0, 1, h).view(1, h, 1)
+    xx = torch.linspace(0, 1, w).view(1, 1, w)
+    out = []
+    for i in range(b):
+        base = torch.rand(3, 1, 1, generator=g)
+        ramp = (yy * (i % 3) + xx * (2 - i % 3)) / 2
+        noise = torch.rand(3, h, w, generator=g) * (0.05 + 0.3 * (i % 2))
+        out.append((0.6 * base + 0.4 * ramp + noise).clamp(0, 1))
+    x = torch.stack(out)
+    m = torch.tensor(im["mean"]).view(1, 3, 1, 1)
+    s = torch.tensor(im["std"]).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
 def as_tuple(o):
     return o if isinstance(o, tuple) else (o,)
 
@@ -180,6 +199,17 @@ def main(argv=None) -> int:
                 err = (o5[k][1:3] - o2[k]).abs().max().item()
                 expect(err < 1e-4, f"output {k}: B=5 vs B=2 differ by {err}")
 
+        @check(f"{name}: no CPU device constant in the traced graphs (they must run on CUDA too)")
+        def _():
+            import re
+
+            for f in ("image.pt", "text.pt"):
+                if not (pkg.path / f).exists():
+                    continue
+                g = str(torch.jit.load(str(pkg.path / f)).inlined_graph)
+                hits = re.findall(r'.{0,60}(?:value="cpu"|Device\(|value=cpu).{0,20}', g)
+                expect(not hits, f"{f}: {hits[:2]}")
+
         if m["kind"] == "image-text-scorer":
 
             @check(f"{name}: text.pt shapes, batch independence, tokenizer fits the vocabulary")
@@ -216,13 +246,15 @@ def main(argv=None) -> int:
 
             @check(f"{name}: random-model outputs vary across inputs by >> 1e-3")
             def _():
-                x = pixels(m, 6, seed=7)
+                x = varied_pixels(m, 6)
                 with torch.no_grad():
                     o = as_tuple(pkg.image_tower(x))
-                for k, out in enumerate(o):
-                    flat = torch.nn.functional.normalize(out.reshape(out.shape[0], -1), dim=-1)
-                    spread = (flat[:, None] - flat[None]).abs().amax(dim=-1).max().item()
-                    expect(spread > 0.05, f"image output {k} spread {spread}")
+                # per-frame vectors as the stages use them: features / pooler, hidden_cls, hidden_mean
+                vecs = [o[0]] if len(o) == 1 else [o[0], o[1][:, 0], o[1][:, 1:].mean(1)]
+                for k, v in enumerate(vecs):
+                    v = torch.nn.functional.normalize(v, dim=-1)
+                    spread = (v[:, None] - v[None]).abs().amax(dim=-1).max().item()
+                    expect(spread > 0.02, f"image vector {k} spread {spread}")
                 if m["kind"] == "image-text-scorer":
                     ids = reference.encode_prompts(pkg, ["red", "a dog", "blue sky", "people on a beach"], None)
                     with torch.no_grad():
