@@ -440,16 +440,19 @@ def siglip_from(ckpt: Path):
 def hf_tokenizer(ckpt: Path, config):
     from tokenizers import Tokenizer
 
-    # The checkpoint's own tokenizer.json when it has one, else the fast tokenizer transformers
-    # builds from its files (e.g. a sentencepiece model); pad id from the tokenizer config.
+    # The fast tokenizer transformers builds for the checkpoint (its tokenizer.json with the
+    # tokenizer config applied, e.g. add_bos/add_eos), so the package encodes exactly as
+    # AutoTokenizer does; the raw tokenizer.json if transformers cannot load it. Pad id from the
+    # tokenizer config.
     pad_id, tok = None, None
     try:
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(ckpt, local_files_only=True)
         pad_id = hf.pad_token_id
-        if not (ckpt / "tokenizer.json").exists():
-            tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+        backend = getattr(hf, "backend_tokenizer", None)
+        if backend is not None:
+            tok = Tokenizer.from_str(backend.to_str())
     except Exception as e:  # noqa: BLE001 - fall back to the raw tokenizer.json
         print(f"warning: AutoTokenizer failed ({e}); reading tokenizer.json", file=sys.stderr)
     if tok is None:
@@ -793,6 +796,7 @@ def main(argv=None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     except ImportError:
         pass
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -110,6 +110,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, help="build the CI packages here (kept) instead of a temp dir")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     tmp = tempfile.TemporaryDirectory(prefix="dataminer-models-")
     root = args.packages or args.keep or Path(tmp.name) / "models"
@@ -448,6 +452,49 @@ def main(argv=None) -> int:
             expect(len(r["frames"]) == 6 and r["frames_unreadable"] == [6], "dedup frames")
             b = ref("dinov2-tiny", "--bench", "--batch-size", "4", "--threads", "1")
             expect(b["frames"] == 6 and b["frames_per_s"] > 0, f"bench {b}")
+
+    if not args.packages:
+
+        @check("export.py --from: checkpoint directories round-trip (SigLIP, DINOv2) with their processor configs")
+        def _():
+            import export
+            from transformers import Dinov2Config, Dinov2Model, PreTrainedTokenizerFast
+
+            ck = Path(tmp.name) / "checkpoints"
+            model, tok, _, length, _ = export.siglip_random("tiny", 5)
+            model.save_pretrained(ck / "siglip")
+            PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(ck / "siglip")
+            (ck / "siglip" / "preprocessor_config.json").write_text(json.dumps({
+                "image_processor_type": "SiglipImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+                "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+            torch.manual_seed(5)
+            dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=56, patch_size=8)).eval()
+            dino.save_pretrained(ck / "dinov2")
+            (ck / "dinov2" / "preprocessor_config.json").write_text(json.dumps({
+                "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 36},
+                "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "resample": 3, "do_rescale": True,
+                "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+            out = Path(tmp.name) / "from"
+            for kind, name in (("siglip2", "siglip"), ("dinov2", "dinov2")):
+                subprocess.run([sys.executable, str(HERE / "export.py"), "--out", str(out), "--from", str(ck / name), "--kind", kind], check=True)
+            m = json.loads((out / "siglip2" / "manifest.json").read_text())
+            expect(m["source"] == "checkpoint siglip" and m["image"]["resample"] == "bicubic" and m["text"]["length"] == length, f"siglip manifest {m}")
+            expect(abs(m["logit_scale"] - model.logit_scale.item()) < 1e-6 and abs(m["logit_bias"] - model.logit_bias.item()) < 1e-6, "logit scale/bias")
+            x = varied_pixels(m, 3)
+            ids = reference.encode_prompts(reference.Package(out / "siglip2"), ["red", "a dog"], None)
+            with torch.no_grad():
+                err_i = (torch.jit.load(str(out / "siglip2" / "image.pt"))(x) - model.get_image_features(pixel_values=x).pooler_output).abs().max().item()
+                err_t = (torch.jit.load(str(out / "siglip2" / "text.pt"))(ids) - model.get_text_features(input_ids=ids).pooler_output).abs().max().item()
+            expect(err_i < 1e-5 and err_t < 1e-5, f"siglip package != checkpoint model ({err_i}, {err_t})")
+            m = json.loads((out / "dinov2" / "manifest.json").read_text())
+            expect((m["image"]["height"], m["image"]["width"], m["image"]["resample"]) == (32, 32, "bicubic"), f"dinov2 image {m['image']}")
+            x = varied_pixels(m, 3)
+            with torch.no_grad():
+                pooler, hidden = torch.jit.load(str(out / "dinov2" / "image.pt"))(x)
+                want = dino(pixel_values=x)
+            expect((pooler - want.pooler_output).abs().max().item() < 1e-5, "dinov2 pooler != checkpoint model")
+            expect((hidden - want.last_hidden_state).abs().max().item() < 1e-5, "dinov2 hidden != checkpoint model")
 
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
