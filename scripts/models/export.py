@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -69,11 +70,12 @@ FUNCTION_WORDS = """a an the of in on at to from with without and or not no is a
 this that these those it its there here some many one two three four five very more less
 big small large little tall short long old new young good bad empty full open closed inside
 outside front back left right top bottom up down over under near far close away""".split()
+PUNCTUATION = list(".,!?;:'\"-()/&")
 
 
 def word_list() -> list[str]:
     seen: dict[str, None] = {}
-    for w in COLOUR_WORDS + NOUN_WORDS + FUNCTION_WORDS:
+    for w in COLOUR_WORDS + NOUN_WORDS + FUNCTION_WORDS + PUNCTUATION:
         seen.setdefault(w.lower(), None)
     return list(seen)
 
@@ -812,6 +814,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", args.name):
+        ap.error(f"--name {args.name!r}: a package name is 1-128 of [A-Za-z0-9._-], not starting with '.'")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
