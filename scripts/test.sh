@@ -4,7 +4,9 @@
 # a live control plane, tests/api/openapi.rs). Installs the Debian packages and the pinned
 # Python tools (requirements-agent.txt, requirements-dev.txt, into ./.venv) the suite needs
 # when they are missing, and starts a private PostgreSQL (scripts/test-postgres.sh) unless
-# DATAMINER_TEST_PG_URL names one.
+# DATAMINER_TEST_PG_URL names one. Then the agent's model tests: the `models` build against
+# libtorch from ./.venv-models (scripts/models/setup.sh), on the CI model packages, with parity
+# against scripts/models/reference.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prereqs.sh
@@ -16,3 +18,13 @@ if [ -z "${DATAMINER_TEST_PG_URL:-}" ]; then
 fi
 echo "test PostgreSQL: $DATAMINER_TEST_PG_URL"
 cargo test --workspace --locked "$@"
+# The model stages: the agent's `models` build against libtorch from the pinned venv, on the
+# CI model packages (made here by the export script), with parity against the reference.
+(
+  eval "$(bash scripts/models/setup.sh --print-env)"
+  export DATAMINER_TEST_MODELS_DIR="${DATAMINER_TEST_MODELS_DIR:-$PWD/target/test-models}"
+  export DATAMINER_TEST_PYTHON="$VIRTUAL_ENV/bin/python"
+  bash scripts/models/make_test_packages.sh "$DATAMINER_TEST_MODELS_DIR" >&2
+  python3 scripts/models/selfcheck.py
+  cargo test -p dataminer-agent --features models --locked "$@"
+)
