@@ -57,7 +57,13 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         Duration::from_secs(30),
     )?;
     let capabilities = crate::capabilities::probe(&config).await;
-    let ctx = StageContext { config: config.clone(), guard: Guard::system(&config.allow_hosts), metrics };
+    let ctx = StageContext {
+        config: config.clone(),
+        guard: Guard::system(&config.allow_hosts),
+        metrics,
+        #[cfg(feature = "models")]
+        models: model_registry(&config)?,
+    };
     let worker = Worker::new(ctx, client, health, capabilities);
 
     let registered = worker.register(&shutdown).await.context("registration refused by the control plane")?;
@@ -143,4 +149,19 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The model registry when this agent serves a model stage: the device is chosen (and logged)
+/// now, so `--device cuda` on a build without CUDA stops the agent at start.
+#[cfg(feature = "models")]
+fn model_registry(
+    config: &crate::config::Config,
+) -> anyhow::Result<Option<std::sync::Arc<crate::models::registry::Registry>>> {
+    if !config.stages.iter().any(|s| s.is_project_stage()) {
+        return Ok(None);
+    }
+    let r = crate::models::registry::Registry::new(config.models_dir.clone(), &config.device)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(device = %r.device_name(), models_dir = %config.models_dir.display(), "model stages run on this device");
+    Ok(Some(std::sync::Arc::new(r)))
 }

@@ -56,6 +56,15 @@ pub struct Config {
     /// Concurrent extract tasks (each runs one ffmpeg).
     #[arg(long, env = "DATAMINER_EXTRACT_CONCURRENCY", default_value_t = 2)]
     pub extract_concurrency: u32,
+    /// Concurrent filter tasks (they share the model; batches are per task).
+    #[arg(long, env = "DATAMINER_FILTER_CONCURRENCY", default_value_t = 1)]
+    pub filter_concurrency: u32,
+    /// Model packages (`<dir>/<name>/manifest.json`), read by the model stages (`models` build).
+    #[arg(long, env = "DATAMINER_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Model device: `auto` (CUDA 0 when this build has CUDA, else CPU), `cpu` or `cuda:N`.
+    #[arg(long, env = "DATAMINER_DEVICE", default_value = "auto")]
+    pub device: String,
     /// The shared data root (videos/, frames_raw/, projects/…), the same path on every agent.
     #[arg(long, env = "DATAMINER_DATA_ROOT", default_value = "data")]
     pub data_root: PathBuf,
@@ -140,11 +149,27 @@ impl Config {
             p.push("serve at least one stage".into());
         }
         for s in &self.stages {
-            if s.is_project_stage() {
-                p.push(format!("stage {s} is not served by this agent build (download and extract are)"));
+            let served =
+                matches!(s, Stage::Download | Stage::Extract) || (cfg!(feature = "models") && *s == Stage::Filter);
+            if !served {
+                let which = if cfg!(feature = "models") {
+                    "download, extract and filter"
+                } else {
+                    "download and extract; build with --features models for filter"
+                };
+                p.push(format!("stage {s} is not served by this agent build ({which} are)"));
             }
         }
-        for (name, v) in [("download", self.download_concurrency), ("extract", self.extract_concurrency)] {
+        if !matches!(self.device.as_str(), "auto" | "cpu" | "cuda")
+            && self.device.strip_prefix("cuda:").is_none_or(|n| n.parse::<u32>().is_err())
+        {
+            p.push(format!("device {:?} must be auto, cpu or cuda:N", self.device));
+        }
+        for (name, v) in [
+            ("download", self.download_concurrency),
+            ("extract", self.extract_concurrency),
+            ("filter", self.filter_concurrency),
+        ] {
             if !(1..=256).contains(&v) {
                 p.push(format!("{name} concurrency must be between 1 and 256"));
             }
@@ -188,6 +213,7 @@ impl Config {
     pub fn concurrency(&self, stage: Stage) -> u32 {
         match stage {
             Stage::Download => self.download_concurrency,
+            Stage::Filter => self.filter_concurrency,
             _ => self.extract_concurrency,
         }
     }

@@ -9,6 +9,8 @@ pub mod npy;
 pub mod preprocess;
 #[cfg(feature = "models")]
 pub mod prompts;
+#[cfg(feature = "models")]
+pub mod registry;
 pub mod rules;
 pub mod runner;
 #[cfg(feature = "models")]

@@ -6,6 +6,8 @@
 pub mod download;
 pub mod extract;
 pub mod files;
+#[cfg(feature = "models")]
+pub mod filter;
 pub mod probe;
 
 use std::path::{Component, Path, PathBuf};
@@ -26,6 +28,9 @@ pub struct StageContext {
     pub config: Arc<Config>,
     pub guard: Guard,
     pub metrics: Metrics,
+    /// The model packages (`models` build with a model stage to serve).
+    #[cfg(feature = "models")]
+    pub models: Option<Arc<crate::models::registry::Registry>>,
 }
 
 /// Progress counters of one running task, shown in heartbeats.
@@ -69,6 +74,8 @@ pub async fn run(
     match task.stage {
         Stage::Download => download::run(ctx, task, &attempt_dir, progress, cancel).await,
         Stage::Extract => extract::run(ctx, task, &attempt_dir, progress, cancel).await,
+        #[cfg(feature = "models")]
+        Stage::Filter => filter::run(ctx, task, &attempt_dir, progress, cancel).await,
         other => Err(TaskError::fatal(format!("stage {other} is not served by this agent"))),
     }
 }

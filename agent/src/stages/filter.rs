@@ -1,0 +1,145 @@
+//! The filter stage (`models` build): scores every frame of the project-video's extraction
+//! against the project's positive, negative and junk prompts with its image–text package and
+//! keeps a frame by the original's strict rule (`models::rules::filter_frame`). Writes every
+//! score to `scores.npy` (frames × prompts, NaN for unreadable frames) and the kept frames to
+//! `kept.json` in the attempt directory; the completion carries the kept frames' rows. Raw
+//! frames are not copied.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use dataminer_wire::{FilterConfig, FilterFrame, LeasedTask, StageResult};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::extract::manifest::Manifest;
+use super::{data_path, Progress, StageContext};
+use crate::error::TaskError;
+use crate::models::batch::{siglip_score, BatchError, BatchRun, FrameRef, Pooling};
+use crate::models::manifest::Kind;
+use crate::models::rules::{filter_frame, l2_normalise, FilterThresholds};
+use crate::models::runner::ModelRunner;
+
+pub async fn run(
+    ctx: &StageContext,
+    task: &LeasedTask,
+    attempt_dir: &Path,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<StageResult, TaskError> {
+    let cfg = task.input.filter.clone().ok_or_else(|| TaskError::fatal("filter task without a filter config"))?;
+    let manifest_rel =
+        task.input.manifest_path.clone().ok_or_else(|| TaskError::fatal("filter task without a frames manifest"))?;
+    let manifest_path = data_path(&ctx.config.data_root, &manifest_rel)?;
+    let registry = ctx.models.clone().ok_or_else(|| TaskError::fatal("this agent has no model registry"))?;
+    let (ctx, attempt_dir, output_dir) = (ctx.clone(), attempt_dir.to_path_buf(), task.attempt_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&manifest_path)
+            .map_err(|e| TaskError::fatal(format!("cannot read the frames manifest {manifest_rel}: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| TaskError::fatal(format!("the frames manifest {manifest_rel} is malformed: {e}")))?;
+        let loaded = registry.get(&cfg.model).map_err(TaskError::fatal)?;
+        if loaded.package.manifest.kind != Kind::ImageTextScorer {
+            return Err(TaskError::fatal(format!("model {} is not an image-text scorer", cfg.model)));
+        }
+        let tok = loaded.tokenizer.as_ref().ok_or_else(|| TaskError::fatal("scorer package without a tokenizer"))?;
+        let prompts: Vec<String> =
+            cfg.positive_prompts.iter().chain(&cfg.negative_prompts).chain(&cfg.junk_prompts).cloned().collect();
+        let ids = tok.encode(&prompts).map_err(TaskError::fatal)?;
+        let text = loaded.runner.text(&ids, prompts.len()).map_err(|e| TaskError::retryable(e.to_string()))?;
+        let texts: Vec<Vec<f32>> = (0..text.rows)
+            .map(|i| {
+                let mut v = text.row(i).to_vec();
+                l2_normalise(&mut v);
+                v
+            })
+            .collect();
+        let frames: Vec<FrameRef> =
+            manifest.frames.iter().map(|f| FrameRef { index: f.index, path: f.path.clone() }).collect();
+        let run = BatchRun {
+            runner: &loaded.runner,
+            package: &loaded.package,
+            data_root: &ctx.config.data_root,
+            batch_size: cfg.batch_size as usize,
+            pooling: Pooling::Pooler,
+            threads: 2,
+        };
+        let stop = || cancel.is_cancelled();
+        let mut feats = Vec::with_capacity(frames.len());
+        for chunk in frames.chunks(cfg.batch_size.max(1) as usize) {
+            let part = run.image_features(chunk, &stop).map_err(|e| match e {
+                BatchError::Stopped => TaskError::Stopped("cancelled during the filter".into()),
+                BatchError::Io { .. } => TaskError::retryable(e.to_string()),
+                BatchError::Model(m) => TaskError::retryable(m.to_string()),
+            })?;
+            feats.extend(part);
+            progress.frames.store(feats.len() as u64, Ordering::Relaxed);
+            progress.permille.store((feats.len() * 1000 / frames.len().max(1)) as u64, Ordering::Relaxed);
+        }
+        let m = &loaded.package.manifest;
+        let (scale, bias) = (m.logit_scale.unwrap_or(0.0), m.logit_bias.unwrap_or(0.0));
+        let t = thresholds(&cfg);
+        let (np, nn) = (cfg.positive_prompts.len(), cfg.negative_prompts.len());
+        let mut scores = Vec::with_capacity(frames.len() * prompts.len());
+        let mut kept = Vec::new();
+        let mut unreadable = 0;
+        for (f, feat) in manifest.frames.iter().zip(&feats) {
+            let Some(feat) = feat else {
+                unreadable += 1;
+                scores.extend(std::iter::repeat_n(f32::NAN, prompts.len()));
+                continue;
+            };
+            let s: Vec<f32> = texts.iter().map(|t| siglip_score(feat, t, scale, bias)).collect();
+            if let Some(v) = filter_frame(&s[..np], &s[np..np + nn], &s[np + nn..], &t) {
+                if v.kept {
+                    kept.push(FilterFrame {
+                        frame_index: i64::from(f.index),
+                        pts_s: f.pts_s,
+                        path: f.path.clone(),
+                        width: manifest.source.width.unwrap_or(0),
+                        height: manifest.source.height.unwrap_or(0),
+                        best_prompt: v.best_positive as i64,
+                        pos_max: v.pos_max,
+                        neg_max: v.neg_max,
+                        junk_max: v.junk_max,
+                    });
+                }
+            }
+            scores.extend(s);
+        }
+        crate::models::npy::write(&attempt_dir.join("scores.npy"), frames.len(), prompts.len(), &scores)
+            .map_err(|e| TaskError::io("write scores.npy", e))?;
+        let kept_json = serde_json::to_vec(&kept).map_err(|e| TaskError::fatal(format!("kept.json: {e}")))?;
+        super::files::write_atomic(&attempt_dir.join("kept.json"), &kept_json)
+            .map_err(|e| TaskError::io("write kept.json", e))?;
+        Ok(StageResult::Filter {
+            output_dir,
+            frames_in: frames.len() as i64,
+            frames_kept: kept.len() as i64,
+            frames: kept,
+            frames_unreadable: unreadable,
+            config_digest: digest(&cfg, &loaded.package.digest),
+        })
+    })
+    .await
+    .map_err(|e| TaskError::retryable(format!("filter worker panicked: {e}")))?
+}
+
+fn thresholds(c: &FilterConfig) -> FilterThresholds {
+    FilterThresholds {
+        threshold: c.threshold,
+        negative_threshold: c.negative_threshold,
+        margin_threshold: c.margin_threshold,
+        junk_threshold: c.junk_threshold,
+        junk_margin_threshold: c.junk_margin_threshold,
+    }
+}
+
+/// What the result depends on: the filter config and the exact package.
+fn digest(c: &FilterConfig, package_digest: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(c).unwrap_or_default());
+    h.update(package_digest.as_bytes());
+    format!("{:x}", h.finalize())
+}
