@@ -57,13 +57,12 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         Duration::from_secs(30),
     )?;
     let capabilities = crate::capabilities::probe(&config).await;
-    let ctx = StageContext {
-        config: config.clone(),
-        guard: Guard::system(&config.allow_hosts),
-        metrics,
-        #[cfg(feature = "models")]
-        models: model_registry(&config)?,
-    };
+    #[allow(unused_mut)] // set only in models builds
+    let mut ctx = StageContext::new(config.clone(), Guard::system(&config.allow_hosts), metrics);
+    #[cfg(feature = "models")]
+    {
+        ctx.models = model_registry(&config)?;
+    }
     let worker = Worker::new(ctx, client, health, capabilities);
 
     let registered = worker.register(&shutdown).await.context("registration refused by the control plane")?;

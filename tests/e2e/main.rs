@@ -9,6 +9,8 @@ extern crate dataminer_tests;
 mod children;
 mod harness;
 mod lifecycle;
+#[cfg(feature = "models")]
+mod models;
 mod pipeline;
 mod protocol;
 mod sources;

@@ -30,11 +30,7 @@ impl Resolve for ToLoopback {
 
 fn context(allow: &[String], resolver: Arc<dyn Resolve>) -> StageContext {
     let cfg = Config::try_parse_from(["agent", "--min-free-bytes", "0"]).expect("config");
-    StageContext {
-        config: Arc::new(cfg),
-        guard: Guard::new(allow, resolver),
-        metrics: Metrics::new().expect("metrics"),
-    }
+    StageContext::new(Arc::new(cfg), Guard::new(allow, resolver), Metrics::new().expect("metrics"))
 }
 
 async fn refused(ctx: &StageContext, url: &str, dir: &ScratchDir) -> String {

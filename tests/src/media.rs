@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Bump when a recipe changes, so a stale set is not reused.
-const RECIPES: u32 = 5;
+const RECIPES: u32 = 6;
 
 /// Directory holding every fixture, generated once per machine and recipe version (into a
 /// private directory renamed into place, so concurrent test processes never see half a set).
@@ -54,6 +54,14 @@ fn generate(d: &Path) {
     };
     // 10 fps, 3 s: 30 frames, pts k/10.
     video("cfr10.mp4", &src("160x120", "10", "3"), &[]);
+    // Colour segments for the model stages' oracles, 10 fps: red 0–1 s, blue 1–2 s, red again
+    // 2–3 s (the same scene as the first: a duplicate for dedup).
+    video(
+        "colours.mp4",
+        "color=c=red:size=64x48:rate=10:duration=1[a];color=c=blue:size=64x48:rate=10:duration=1[b];\
+         color=c=red:size=64x48:rate=10:duration=1[c];[a][b][c]concat=n=3:v=1:a=0",
+        &[],
+    );
     // 25 fps, 2 s: 50 frames, pts k/25.
     video("cfr25.mp4", &src("320x240", "25", "2"), &[]);
     // 30000/1001 fps, 2 s: 60 frames, pts k·1001/30000.

@@ -33,6 +33,19 @@ pub struct StageContext {
     pub models: Option<Arc<crate::models::registry::Registry>>,
 }
 
+impl StageContext {
+    /// A context without model packages (the CPU stages; `models` builds add a registry).
+    pub fn new(config: Arc<Config>, guard: Guard, metrics: Metrics) -> Self {
+        StageContext {
+            config,
+            guard,
+            metrics,
+            #[cfg(feature = "models")]
+            models: None,
+        }
+    }
+}
+
 /// Progress counters of one running task, shown in heartbeats.
 #[derive(Debug, Default)]
 pub struct Progress {

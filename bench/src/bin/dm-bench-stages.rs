@@ -74,7 +74,7 @@ fn context(root: &Path, allow: Vec<String>) -> Result<StageContext> {
     let mut cfg = Config::try_parse_from(["agent", "--min-free-bytes", "0"])?;
     cfg.data_root = root.to_path_buf();
     cfg.allow_hosts = allow.clone();
-    Ok(StageContext { config: Arc::new(cfg), guard: Guard::system(&allow), metrics: Metrics::new()? })
+    Ok(StageContext::new(Arc::new(cfg), Guard::system(&allow), Metrics::new()?))
 }
 
 async fn extract_bench(dir: &Path, a: &Args, label: &str, strategy: ExtractStrategy) -> Result<()> {
