@@ -113,7 +113,8 @@ impl ControlPlane {
             Err(_) => ("unknown".to_string(), format!("HTTP {status}")),
         };
         match (status, code.as_str()) {
-            (StatusCode::CONFLICT, "lease_lost") => Err(ClientError::LeaseLost(message)),
+            // An expired lease is as lost as a taken one: stop, report nothing.
+            (StatusCode::CONFLICT, "lease_lost" | "lease_expired") => Err(ClientError::LeaseLost(message)),
             (StatusCode::CONFLICT, "task_cancelled") => Err(ClientError::Cancelled(message)),
             _ => Err(ClientError::Refused { status: status.as_u16(), code, message }),
         }

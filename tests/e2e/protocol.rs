@@ -85,6 +85,21 @@ async fn completion_refused_as_cancelled_is_a_normal_stop() {
     assert!(!log.contains("completion refused"), "{log}");
 }
 
+/// A completion refused because the lease expired (409 `lease_expired`) is a lost lease: the
+/// result is dropped and nothing is reported as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_refused_as_expired_is_a_lost_lease() {
+    let s = setup().await;
+    s.cp.script_complete(&[Reply { status: StatusCode::CONFLICT, retry_after_s: None, code: "lease_expired" }]);
+    let a = s.agent("expired").await;
+    s.cp.push_task(s.download_task(9, "cfr10.mp4"));
+    a.wait_for_metric(&metric("lease_lost")).await;
+    assert_eq!(s.cp.calls_to("/complete").len(), 1);
+    assert!(s.cp.calls_to("/fail").is_empty(), "an expired lease's result is dropped, not reported");
+    let m = a.metrics_text().await;
+    assert!(!m.contains("outcome=\"failed_fatal\""), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_unavailable_is_retried_after_its_retry_after() {
     let s = setup().await;
