@@ -62,6 +62,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     #[cfg(feature = "models")]
     {
         ctx.models = model_registry(&config)?;
+        ctx.control_plane = Some(client.clone());
     }
     let worker = Worker::new(ctx, client, health, capabilities);
 

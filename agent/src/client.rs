@@ -131,6 +131,34 @@ impl ControlPlane {
             .ok_or_else(|| ClientError::unreachable(format!("{path}: empty response where a body was expected")))
     }
 
+    /// A page of a project's kept set (what a dedup compares with), after `after_seq`.
+    pub async fn kept_page(
+        &self,
+        project: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<dataminer_wire::Page<dataminer_wire::KeptEntry>, ClientError> {
+        let path = format!("/v1/projects/{project}/kept?after_seq={after_seq}&limit={limit}");
+        let mut req = self.http.request(Method::GET, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::unreachable(error_chain(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(|e| ClientError::unreachable(error_chain(&e)));
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = retry_after(resp.headers());
+            return Err(ClientError::Unreachable { message: format!("{path}: HTTP {status}"), retry_after });
+        }
+        let (code, message) = match resp.json::<ErrorBody>().await {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => ("unknown".to_string(), format!("HTTP {status}")),
+        };
+        Err(ClientError::Refused { status: status.as_u16(), code, message })
+    }
+
     pub async fn register(&self, req: &RegisterAgentRequest) -> Result<RegisterAgentResponse, ClientError> {
         self.call_json("/v1/agents/register", req, None).await
     }

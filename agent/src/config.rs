@@ -149,13 +149,13 @@ impl Config {
             p.push("serve at least one stage".into());
         }
         for s in &self.stages {
-            let served =
-                matches!(s, Stage::Download | Stage::Extract) || (cfg!(feature = "models") && *s == Stage::Filter);
+            let served = matches!(s, Stage::Download | Stage::Extract)
+                || (cfg!(feature = "models") && matches!(s, Stage::Filter | Stage::Dedup));
             if !served {
                 let which = if cfg!(feature = "models") {
-                    "download, extract and filter"
+                    "download, extract, filter and dedup"
                 } else {
-                    "download and extract; build with --features models for filter"
+                    "download and extract; build with --features models for filter and dedup"
                 };
                 p.push(format!("stage {s} is not served by this agent build ({which} are)"));
             }

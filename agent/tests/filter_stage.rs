@@ -65,12 +65,9 @@ fn context(root: &Path) -> StageContext {
         "0",
     ])
     .expect("config");
-    StageContext {
-        config: Arc::new(cfg),
-        guard: Guard::system(&[]),
-        metrics: Metrics::new().expect("metrics"),
-        models: Some(Arc::new(Registry::new(models_dir(), "cpu").expect("registry"))),
-    }
+    let mut ctx = StageContext::new(Arc::new(cfg), Guard::system(&[]), Metrics::new().expect("metrics"));
+    ctx.models = Some(Arc::new(Registry::new(models_dir(), "cpu").expect("registry")));
+    ctx
 }
 
 fn task(manifest: &str, filter: FilterConfig) -> LeasedTask {

@@ -1,6 +1,7 @@
 //! The model stages through real processes (`models` build): the control plane and an agent
-//! that serves download, extract and filter with the `meancolour` oracle package mine the red
-//! frames of a video of colour segments, and `GET /v1/projects/{p}/frames` lists exactly them.
+//! that serves download, extract, filter and dedup with the oracle packages mine the red frames
+//! of a video of colour segments (`GET /v1/projects/{p}/frames` lists exactly them), and drop a
+//! second video's repeated frames, each naming the kept frame it repeats.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use serde_json::json;
 
 use crate::harness::env;
 
-both!(filter_mines_the_red_frames);
+both!(filter_mines_the_red_frames, dedup_drops_a_second_videos_repeated_frames);
 
 async fn filter_mines_the_red_frames(db: Db) {
     let e = env(db, |_| {}).await;
@@ -57,5 +58,78 @@ async fn filter_mines_the_red_frames(db: Db) {
     assert!(page.items.iter().all(|f| f.pos_max > 0.5 && f.best_prompt == 0 && f.video_id == id));
     let scores = e.data.0.join(pv.filter_dir.as_deref().expect("filter dir")).join("scores.npy");
     assert!(scores.exists(), "{}", scores.display());
+    e.app.stop().await;
+}
+
+/// Two URLs with the same bytes in one project: the second video's frames are all
+/// duplicates of kept frames of the first (same extraction); a frame whose identical twin was
+/// kept names that twin with cosine 1.
+async fn dedup_drops_a_second_videos_repeated_frames(db: Db) {
+    let e = env(db, |_| {}).await;
+    let models = std::env::var("DATAMINER_TEST_MODELS_DIR").expect("DATAMINER_TEST_MODELS_DIR names the CI packages");
+    let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    let agent = e
+        .agent(
+            "m2",
+            &[
+                ("DATAMINER_STAGES", "download,extract,filter,dedup"),
+                ("DATAMINER_MODELS_DIR", models.as_str()),
+                ("DATAMINER_DEVICE", "cpu"),
+                ("LD_LIBRARY_PATH", ld.as_str()),
+            ],
+        )
+        .await;
+    let body = json!({"name": "d", "config": {"extract": {"interval_frames": 10},
+        "filter": {"model": "meancolour", "positive_prompts": ["anything"], "threshold": 0.5},
+        "dedup": {"model": "thumbnail", "threshold": 0.9}}});
+    let r = e.app.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+    let wait_deduped = |id: i64| {
+        let (app, log) = (&e.app, &agent);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let pv = app.video(id).await.projects[0].clone();
+                if matches!(
+                    pv.state,
+                    ProjectVideoState::Deduped | ProjectVideoState::Complete | ProjectVideoState::Failed
+                ) {
+                    return pv;
+                }
+                assert!(Instant::now() < deadline, "not deduplicated: {pv:?}\n{}", log.log_text());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let frames = |query: String| {
+        let app = &e.app;
+        async move {
+            let r = app.user(Method::GET, &format!("/v1/projects/d/frames?{query}")).send().await.expect("send");
+            dataminer_tests::expect_json::<FramePage>(r, StatusCode::OK).await
+        }
+    };
+    let first = e.submit(&[e.media.url("cfr10.mp4")], "d").await[0].id;
+    let a = wait_deduped(first).await;
+    assert_eq!(a.state, ProjectVideoState::Deduped, "{a:?}\n{}", agent.log_text());
+    assert_eq!((a.frames_filtered, a.kept_seq), (Some(3), Some(1)));
+    let copy = format!("http://localhost:{}/cfr10.mp4", e.media.port);
+    let second = e.submit(&[copy], "d").await[0].id;
+    let b = wait_deduped(second).await;
+    assert_eq!((b.state, b.frames_deduped, b.kept_seq), (ProjectVideoState::Complete, Some(0), None), "{b:?}");
+    let kept: Vec<i64> =
+        frames(format!("state=kept&video={first}")).await.items.iter().map(|f| f.frame_index).collect();
+    assert!(!kept.is_empty() && Some(kept.len() as i64) == a.frames_deduped, "{kept:?} vs {a:?}");
+    let dups = frames(format!("state=duplicate&video={second}")).await;
+    assert_eq!(dups.items.len(), 3, "{dups:?}");
+    for f in &dups.items {
+        let of = f.duplicate_of.expect("duplicate_of");
+        assert!(of.video_id == first && kept.contains(&of.frame_index), "not a kept frame of the first video: {f:?}");
+        if kept.contains(&f.frame_index) {
+            assert_eq!(of.frame_index, f.frame_index, "{f:?}");
+            assert!(f.similarity.is_some_and(|s| s > 0.999), "{f:?}");
+        } else {
+            assert!(f.similarity.is_some_and(|s| s >= 0.9), "{f:?}");
+        }
+    }
     e.app.stop().await;
 }

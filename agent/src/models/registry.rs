@@ -24,6 +24,17 @@ pub struct Registry {
     dir: PathBuf,
     device: tch::Device,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// Per project, the kept set this agent has read so far (dedup tasks of a project run
+    /// one at a time, so each reads only the entries it lacks).
+    pub kept: Mutex<HashMap<String, KeptCache>>,
+}
+
+/// A project's kept set as far as `upto` (its last `kept_seq`), made with `digest`.
+#[derive(Debug, Clone)]
+pub struct KeptCache {
+    pub upto: i64,
+    pub digest: String,
+    pub set: super::rules::KeptSet,
 }
 
 impl Registry {
@@ -31,7 +42,7 @@ impl Registry {
     /// at start rather than failing every task.
     pub fn new(dir: PathBuf, device: &str) -> Result<Registry, String> {
         let device = select_device(device)?;
-        Ok(Registry { dir, device, loaded: Mutex::new(HashMap::new()) })
+        Ok(Registry { dir, device, loaded: Mutex::new(HashMap::new()), kept: Mutex::new(HashMap::new()) })
     }
 
     pub fn device_name(&self) -> String {

@@ -3,6 +3,8 @@
 //! progress through [`Progress`] (read by the heartbeat) and stop when the task's
 //! cancellation token fires (lease lost, user cancel, time limit, shutdown).
 
+#[cfg(feature = "models")]
+pub mod dedup;
 pub mod download;
 pub mod extract;
 pub mod files;
@@ -31,6 +33,9 @@ pub struct StageContext {
     /// The model packages (`models` build with a model stage to serve).
     #[cfg(feature = "models")]
     pub models: Option<Arc<crate::models::registry::Registry>>,
+    /// The control plane, for what a stage reads besides its task (dedup: the kept set).
+    #[cfg(feature = "models")]
+    pub control_plane: Option<crate::client::ControlPlane>,
 }
 
 impl StageContext {
@@ -42,6 +47,8 @@ impl StageContext {
             metrics,
             #[cfg(feature = "models")]
             models: None,
+            #[cfg(feature = "models")]
+            control_plane: None,
         }
     }
 }
@@ -89,6 +96,8 @@ pub async fn run(
         Stage::Extract => extract::run(ctx, task, &attempt_dir, progress, cancel).await,
         #[cfg(feature = "models")]
         Stage::Filter => filter::run(ctx, task, &attempt_dir, progress, cancel).await,
+        #[cfg(feature = "models")]
+        Stage::Dedup => dedup::run(ctx, task, &attempt_dir, progress, cancel).await,
         other => Err(TaskError::fatal(format!("stage {other} is not served by this agent"))),
     }
 }
