@@ -1,22 +1,26 @@
 # Shared by the scripts: install the Debian packages dataminer needs when they are missing
-# (PostgreSQL server for the tests and clusters, ffmpeg for the agent's extract stage).
+# (PostgreSQL server for the tests and clusters, ffmpeg for the agent's extract stage, and
+# what building needs: see ensure_build_packages).
 ensure_debian_packages() {
   local need=()
   if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then need+=(ffmpeg); fi
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v curl >/dev/null 2>&1 || need+=(curl)
-  # The agent decodes frames with libjpeg-turbo (as PIL does), found through pkg-config.
-  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-  pkg-config --exists libturbojpeg 2>/dev/null || need+=(libturbojpeg0-dev)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-  if [ ${#need[@]} -eq 0 ]; then return 0; fi
+  # Debian's postgresql package may start its own cluster on 5432; ours use their own ports.
+  apt_install "${need[@]}"
+  ensure_build_packages
+}
+
+# Installs the named Debian packages (none: nothing to do).
+apt_install() {
+  if [ $# -eq 0 ]; then return 0; fi
   local sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  echo "installing Debian packages: ${need[*]}" >&2
+  echo "installing Debian packages: $*" >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Debian's postgresql package may start its own cluster on 5432; ours use their own ports.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 # The agent's Python tools (yt-dlp) in ./.venv, from PyPI, pinned by requirements-agent.txt.
@@ -45,15 +49,11 @@ ensure_python_dev_tools() {
 }
 
 # What building the binaries needs beyond a Rust toolchain (the Dockerfile's build stage too):
-# pkg-config and libjpeg-turbo's development files.
+# pkg-config and libjpeg-turbo's development files (the agent decodes frames with
+# libjpeg-turbo, as PIL does).
 ensure_build_packages() {
   local need=()
   command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
   pkg-config --exists libturbojpeg 2>/dev/null || need+=(libturbojpeg0-dev)
-  if [ ${#need[@]} -eq 0 ]; then return 0; fi
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  echo "installing Debian packages: ${need[*]}" >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt_install "${need[@]}"
 }

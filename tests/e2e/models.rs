@@ -14,21 +14,25 @@ use crate::harness::env;
 
 both!(filter_mines_the_red_frames, dedup_drops_a_second_videos_repeated_frames);
 
-async fn filter_mines_the_red_frames(db: Db) {
-    let e = env(db, |_| {}).await;
+/// An agent of the `models` build serving `stages` with the CI packages on the CPU.
+async fn model_agent(e: &crate::harness::Env, name: &str, stages: &str) -> crate::harness::Agent {
     let models = std::env::var("DATAMINER_TEST_MODELS_DIR").expect("DATAMINER_TEST_MODELS_DIR names the CI packages");
     let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-    let agent = e
-        .agent(
-            "m1",
-            &[
-                ("DATAMINER_STAGES", "download,extract,filter"),
-                ("DATAMINER_MODELS_DIR", models.as_str()),
-                ("DATAMINER_DEVICE", "cpu"),
-                ("LD_LIBRARY_PATH", ld.as_str()),
-            ],
-        )
-        .await;
+    e.agent(
+        name,
+        &[
+            ("DATAMINER_STAGES", stages),
+            ("DATAMINER_MODELS_DIR", models.as_str()),
+            ("DATAMINER_DEVICE", "cpu"),
+            ("LD_LIBRARY_PATH", ld.as_str()),
+        ],
+    )
+    .await
+}
+
+async fn filter_mines_the_red_frames(db: Db) {
+    let e = env(db, |_| {}).await;
+    let agent = model_agent(&e, "m1", "download,extract,filter").await;
     // Every 5th frame of red 0–1 s, blue 1–2 s, red 2–3 s at 10 fps: source frames 0, 5 (red),
     // 10, 15 (blue), 20, 25 (red), i.e. manifest indices 1–6.
     let body = json!({"name": "p", "config": {"extract": {"interval_frames": 5},
@@ -66,19 +70,7 @@ async fn filter_mines_the_red_frames(db: Db) {
 /// kept names that twin with cosine 1.
 async fn dedup_drops_a_second_videos_repeated_frames(db: Db) {
     let e = env(db, |_| {}).await;
-    let models = std::env::var("DATAMINER_TEST_MODELS_DIR").expect("DATAMINER_TEST_MODELS_DIR names the CI packages");
-    let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-    let agent = e
-        .agent(
-            "m2",
-            &[
-                ("DATAMINER_STAGES", "download,extract,filter,dedup"),
-                ("DATAMINER_MODELS_DIR", models.as_str()),
-                ("DATAMINER_DEVICE", "cpu"),
-                ("LD_LIBRARY_PATH", ld.as_str()),
-            ],
-        )
-        .await;
+    let agent = model_agent(&e, "m2", "download,extract,filter,dedup").await;
     let body = json!({"name": "d", "config": {"extract": {"interval_frames": 10},
         "filter": {"model": "meancolour", "positive_prompts": ["anything"], "threshold": 0.5},
         "dedup": {"model": "thumbnail", "threshold": 0.9}}});
