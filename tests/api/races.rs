@@ -39,6 +39,27 @@ async fn until_waiters(admin: &mut PgConnection, db: &str, n: i64, within: Durat
     false
 }
 
+/// The step that lets the parked transaction go: once a second backend waits on a lock (with
+/// the locking rule the other transaction waits for the parked one) or after 2 s (without it,
+/// the other one commits in between and nothing else waits), the test's connection rolls back.
+async fn release_when_second_waits(admin: &mut PgConnection, db: &str, hold: &mut PgConnection) {
+    until_waiters(admin, db, 2, Duration::from_secs(2)).await;
+    sqlx::query("ROLLBACK").execute(hold).await.expect("release");
+}
+
+/// Parks a join on the second URL of its batch (`z.mp4`): the test's connection inserts that
+/// video in an open transaction, so the join's insert waits for it.
+async fn hold_second_url(hold: &mut PgConnection) {
+    sqlx::query("BEGIN").execute(&mut *hold).await.expect("begin");
+    sqlx::query(
+        "INSERT INTO videos (url, url_key, source_kind, origin, state, priority, extract_config, created_at, updated_at) \
+         VALUES ('https://example.com/z.mp4', 'https://example.com/z.mp4', 'direct', 'api', 'PENDING', 0, '{}', 0, 0)",
+    )
+    .execute(hold)
+    .await
+    .expect("hold");
+}
+
 async fn setup(stages_done: &[Stage]) -> (TestApp, i64, i64) {
     let app = spawn_app(Db::Postgres).await;
     app.create_project("p").await;
@@ -70,12 +91,7 @@ async fn cancel_project_vs_extract_completion() {
         assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "cancel parked");
         let result = result_for(&ex, 1, 0);
         let done = app.complete(&ex, &result);
-        let release = async {
-            // With the rule the completion waits for the cancel (2 waiters); without it, it
-            // commits in between and nothing else waits.
-            until_waiters(&mut admin, &db, 2, Duration::from_secs(2)).await;
-            sqlx::query("ROLLBACK").execute(&mut hold).await.expect("release");
-        };
+        let release = release_when_second_waits(&mut admin, &db, &mut hold);
         let (r, ()) = tokio::join!(done, release);
         r
     };
@@ -104,14 +120,7 @@ async fn join_vs_extract_completion() {
     let ex = app.lease_one(agent, Stage::Extract).await;
     let (mut hold, db) = connect(&app).await;
     let (mut admin, _) = connect(&app).await;
-    sqlx::query("BEGIN").execute(&mut hold).await.expect("begin");
-    sqlx::query(
-        "INSERT INTO videos (url, url_key, source_kind, origin, state, priority, extract_config, created_at, updated_at) \
-         VALUES ('https://example.com/z.mp4', 'https://example.com/z.mp4', 'direct', 'api', 'PENDING', 0, '{}', 0, 0)",
-    )
-    .execute(&mut hold)
-    .await
-    .expect("hold");
+    hold_second_url(&mut hold).await;
     let body =
         serde_json::json!({"urls": ["https://example.com/a.mp4", "https://example.com/z.mp4"], "projects": ["b"]});
     let join = app.user(Method::POST, "/v1/videos").json(&body).send();
@@ -119,10 +128,7 @@ async fn join_vs_extract_completion() {
         assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "join parked");
         let result = result_for(&ex, 1, 0);
         let done = app.complete(&ex, &result);
-        let release = async {
-            until_waiters(&mut admin, &db, 2, Duration::from_secs(2)).await;
-            sqlx::query("ROLLBACK").execute(&mut hold).await.expect("release");
-        };
+        let release = release_when_second_waits(&mut admin, &db, &mut hold);
         let (r, ()) = tokio::join!(done, release);
         r
     };
@@ -152,10 +158,7 @@ async fn retry_task_vs_cancel_project() {
     let steps = async {
         assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "retry parked");
         let cancel = app.user(Method::POST, "/v1/projects/p/cancel").send();
-        let release = async {
-            until_waiters(&mut admin, &db, 2, Duration::from_secs(2)).await;
-            sqlx::query("ROLLBACK").execute(&mut hold).await.expect("release");
-        };
+        let release = release_when_second_waits(&mut admin, &db, &mut hold);
         let (c, ()) = tokio::join!(cancel, release);
         c
     };
@@ -184,26 +187,14 @@ async fn join_vs_download_failure() {
     let dl = app.lease_one(agent, Stage::Download).await;
     let (mut hold, db) = connect(&app).await;
     let (mut admin, _) = connect(&app).await;
-    sqlx::query("BEGIN").execute(&mut hold).await.expect("begin");
-    sqlx::query(
-        "INSERT INTO videos (url, url_key, source_kind, origin, state, priority, extract_config, created_at, updated_at) \
-         VALUES ('https://example.com/z.mp4', 'https://example.com/z.mp4', 'direct', 'api', 'PENDING', 0, '{}', 0, 0)",
-    )
-    .execute(&mut hold)
-    .await
-    .expect("hold");
+    hold_second_url(&mut hold).await;
     let body =
         serde_json::json!({"urls": ["https://example.com/a.mp4", "https://example.com/z.mp4"], "projects": ["b"]});
     let join = app.user(Method::POST, "/v1/videos").json(&body).send();
     let steps = async {
         assert!(until_waiters(&mut admin, &db, 1, Duration::from_secs(10)).await, "join parked");
         let failed = app.fail(dl.task_id, dl.lease_token, "HTTP 404 Not Found", false);
-        let release = async {
-            // With the rule the failure waits for the join (2 waiters); without it, it
-            // commits in between, blind to the join's uncommitted project-video.
-            until_waiters(&mut admin, &db, 2, Duration::from_secs(2)).await;
-            sqlx::query("ROLLBACK").execute(&mut hold).await.expect("release");
-        };
+        let release = release_when_second_waits(&mut admin, &db, &mut hold);
         let (f, ()) = tokio::join!(failed, release);
         f
     };
