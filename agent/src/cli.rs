@@ -40,6 +40,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("create data root {}", config.data_root.display()))?;
     let config = Arc::new(config);
     let metrics = Metrics::new().context("metrics")?;
+    let _ = metrics.data_root.set(config.data_root.clone());
     // A loop that has not turned for three long polls is hung.
     let stall = Duration::from_millis(config.lease_wait_ms * 3).max(Duration::from_secs(60));
     let health = Health::new(stall);
@@ -56,12 +57,15 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         config.agent_token.as_ref().map(|t| t.0.clone()),
         Duration::from_secs(30),
     )?;
-    let capabilities = crate::capabilities::probe(&config).await;
+    #[allow(unused_mut)] // models builds add the packages they serve
+    let mut capabilities = crate::capabilities::probe(&config).await;
     #[allow(unused_mut)] // set only in models builds
-    let mut ctx = StageContext::new(config.clone(), Guard::system(&config.allow_hosts), metrics);
+    let mut ctx = StageContext::new(config.clone(), Guard::system(&config.allow_hosts), metrics.clone());
     #[cfg(feature = "models")]
     {
-        ctx.models = model_registry(&config)?;
+        let (registry, served) = model_registry(&config, &metrics).await?;
+        capabilities.extend(served.iter().map(|m| format!("model:{m}")));
+        ctx.models = registry;
         ctx.control_plane = Some(client.clone());
     }
     let worker = Worker::new(ctx, client, health, capabilities);
@@ -151,17 +155,45 @@ async fn shutdown_signal() {
     }
 }
 
-/// The model registry when this agent serves a model stage: the device is chosen (and logged)
-/// now, so `--device cuda` on a build without CUDA stops the agent at start.
+/// The model registry when this agent serves a model stage, and the packages it serves: the
+/// device is chosen (and logged) and every package verified, loaded and run once now, so
+/// `--device cuda` on a build without CUDA or a broken package stops the agent at start.
 #[cfg(feature = "models")]
-fn model_registry(
+async fn model_registry(
     config: &crate::config::Config,
-) -> anyhow::Result<Option<std::sync::Arc<crate::models::registry::Registry>>> {
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<std::sync::Arc<crate::models::registry::Registry>>, Vec<String>)> {
+    use crate::models::registry::{Registry, RunSettings};
     if !config.stages.iter().any(|s| s.is_project_stage()) {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
-    let r = crate::models::registry::Registry::new(config.models_dir.clone(), &config.device)
+    let settings = RunSettings {
+        bf16: false,
+        oom_above: config.test_model_oom_above,
+        delay: Duration::from_millis(config.test_model_delay_ms),
+        observer: Some(Arc::new(metrics.clone())),
+    };
+    let r = Registry::new(config.models_dir.clone(), &config.device, &config.precision, settings)
         .map_err(|e| anyhow::anyhow!(e))?;
-    tracing::info!(device = %r.device_name(), models_dir = %config.models_dir.display(), "model stages run on this device");
-    Ok(Some(std::sync::Arc::new(r)))
+    let names =
+        if config.models.is_empty() { r.available().map_err(|e| anyhow::anyhow!(e))? } else { config.models.clone() };
+    if names.is_empty() {
+        tracing::warn!(models_dir = %config.models_dir.display(), "no model packages to serve: model tasks will wait for another agent");
+    }
+    let r = Arc::new(r);
+    let (r2, n2) = (r.clone(), names.clone());
+    tokio::task::spawn_blocking(move || r2.serve(&n2))
+        .await
+        .context("model start-up check")?
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    tracing::info!(
+        device = %r.device_name(),
+        precision = r.precision(),
+        cuda_linked = crate::models::torch::cuda_linked(),
+        cuda_devices = tch::Cuda::device_count(),
+        models_dir = %config.models_dir.display(),
+        models = ?names,
+        "model stages run on this device; packages verified and run once"
+    );
+    Ok((Some(r), names))
 }

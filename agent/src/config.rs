@@ -56,15 +56,34 @@ pub struct Config {
     /// Concurrent extract tasks (each runs one ffmpeg).
     #[arg(long, env = "DATAMINER_EXTRACT_CONCURRENCY", default_value_t = 2)]
     pub extract_concurrency: u32,
-    /// Concurrent filter tasks (they share the model; batches are per task).
-    #[arg(long, env = "DATAMINER_FILTER_CONCURRENCY", default_value_t = 1)]
+    /// Concurrent filter tasks (they feed one runner per model, which batches across them).
+    #[arg(long, env = "DATAMINER_FILTER_CONCURRENCY", default_value_t = 2)]
     pub filter_concurrency: u32,
+    /// Concurrent dedup tasks (of different projects: a project's dedup runs one at a time).
+    #[arg(long, env = "DATAMINER_DEDUP_CONCURRENCY", default_value_t = 2)]
+    pub dedup_concurrency: u32,
     /// Model packages (`<dir>/<name>/manifest.json`), read by the model stages (`models` build).
     #[arg(long, env = "DATAMINER_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
+    /// The packages to serve (advertised as `model:<name>`); default: every package in the
+    /// models dir. Each is verified and run once at start: a broken one stops the agent.
+    #[arg(long, env = "DATAMINER_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
     /// Model device: `auto` (CUDA 0 when this build has CUDA, else CPU), `cpu` or `cuda:N`.
     #[arg(long, env = "DATAMINER_DEVICE", default_value = "auto")]
     pub device: String,
+    /// Model precision: `auto` (bf16 on CUDA, f32 on CPU), `f32` or `bf16` (CUDA only).
+    #[arg(long, env = "DATAMINER_MODEL_PRECISION", default_value = "auto")]
+    pub precision: String,
+    /// Threads per model task that read, decode and pre-process frames.
+    #[arg(long, env = "DATAMINER_DECODE_THREADS", default_value_t = 2)]
+    pub decode_threads: u32,
+    /// Test hook: a model batch of more frames than this fails as out of memory.
+    #[arg(long, env = "DATAMINER_TEST_MODEL_OOM_ABOVE", hide = true)]
+    pub test_model_oom_above: Option<usize>,
+    /// Test hook: every model batch first sleeps this long, milliseconds.
+    #[arg(long, env = "DATAMINER_TEST_MODEL_DELAY_MS", hide = true, default_value_t = 0)]
+    pub test_model_delay_ms: u64,
     /// The shared data root (videos/, frames_raw/, projects/…), the same path on every agent.
     #[arg(long, env = "DATAMINER_DATA_ROOT", default_value = "data")]
     pub data_root: PathBuf,
@@ -165,10 +184,25 @@ impl Config {
         {
             p.push(format!("device {:?} must be auto, cpu or cuda:N", self.device));
         }
+        if !matches!(self.precision.as_str(), "auto" | "f32" | "bf16") {
+            p.push(format!("model precision {:?} must be auto, f32 or bf16", self.precision));
+        }
+        if self.precision == "bf16" && self.device == "cpu" {
+            p.push("model precision bf16 needs a CUDA device (CPU runs f32)".into());
+        }
+        if !(1..=64).contains(&self.decode_threads) {
+            p.push("decode threads must be between 1 and 64".into());
+        }
+        for m in &self.models {
+            if m.is_empty() || m.contains('/') || m.contains("..") || m.len() > 58 {
+                p.push(format!("model {m:?} must be a package directory name of at most 58 bytes"));
+            }
+        }
         for (name, v) in [
             ("download", self.download_concurrency),
             ("extract", self.extract_concurrency),
             ("filter", self.filter_concurrency),
+            ("dedup", self.dedup_concurrency),
         ] {
             if !(1..=256).contains(&v) {
                 p.push(format!("{name} concurrency must be between 1 and 256"));
@@ -214,6 +248,7 @@ impl Config {
         match stage {
             Stage::Download => self.download_concurrency,
             Stage::Filter => self.filter_concurrency,
+            Stage::Dedup => self.dedup_concurrency,
             _ => self.extract_concurrency,
         }
     }

@@ -13,6 +13,7 @@ use dataminer_agent::models::manifest::Package;
 use dataminer_agent::models::prompts::PromptTokenizer;
 use dataminer_agent::models::rules::{dedup_video, filter_frame, l2_normalise, FilterThresholds, KeptSet};
 use dataminer_agent::models::runner::ModelRunner;
+use dataminer_agent::models::shared::SharedRunner;
 use dataminer_agent::models::torch::{select_device, TorchRunner};
 
 fn repo() -> PathBuf {
@@ -75,8 +76,15 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 fn load(name: &str) -> (Package, TorchRunner) {
     let p = Package::load(&models_dir(), name).unwrap_or_else(|e| panic!("{e}"));
-    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu")).unwrap_or_else(|e| panic!("{e}"));
+    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu"), false).unwrap_or_else(|e| panic!("{e}"));
     (p, r)
+}
+
+/// The package's shared runner (a second copy of the model, on its own thread).
+fn shared(p: &Package) -> SharedRunner {
+    let r = TorchRunner::load(p, select_device("cpu").expect("cpu"), false).unwrap_or_else(|e| panic!("{e}"));
+    let per = 3 * p.manifest.image.height as usize * p.manifest.image.width as usize;
+    SharedRunner::start(&p.manifest.name, std::sync::Arc::new(r), per, None).expect("runner thread")
 }
 
 #[test]
@@ -86,9 +94,10 @@ fn filter_scores_and_decisions_match_the_reference() {
     let (p, r) = load("siglip2-tiny");
     let positive = ["a red car".to_string(), "a street at night".to_string()];
     let negative = ["a dog".to_string()];
+    let sr = shared(&p);
     let run =
-        BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 3, pooling: Pooling::Pooler, threads: 2 };
-    let feats = run.image_features(&refs, &|| false).expect("run");
+        BatchRun { runner: &sr, package: &p, data_root: &root, batch_size: 3, pooling: Pooling::Pooler, threads: 2 };
+    let feats = run.image_features(&refs, &|| false, &mut |_| {}).expect("run").0;
     let tok = PromptTokenizer::load(&p.dir, p.manifest.text.as_ref().expect("text")).expect("tokenizer");
     let prompts: Vec<String> = positive.iter().chain(&negative).cloned().collect();
     let t = r.text(&tok.encode(&prompts).expect("ids"), prompts.len()).expect("text");
@@ -164,12 +173,13 @@ fn filter_scores_and_decisions_match_the_reference() {
 fn dedup_embeddings_and_decisions_match_the_reference() {
     let root = std::env::temp_dir().join(format!("dm-parity-d-{}", std::process::id()));
     let (manifest, refs) = frames(&root);
-    let (p, r) = load("dinov2-tiny");
+    let (p, _) = load("dinov2-tiny");
     for (pooling, name) in
         [(Pooling::Pooler, "pooler"), (Pooling::HiddenMean, "hidden_mean"), (Pooling::HiddenCls, "hidden_cls")]
     {
-        let run = BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 4, pooling, threads: 2 };
-        let feats = run.image_features(&refs, &|| false).expect("run");
+        let sr = shared(&p);
+        let run = BatchRun { runner: &sr, package: &p, data_root: &root, batch_size: 4, pooling, threads: 2 };
+        let feats = run.image_features(&refs, &|| false, &mut |_| {}).expect("run").0;
         let rows: Vec<((i64, i64), Vec<f32>)> =
             feats.into_iter().enumerate().map(|(i, f)| ((1, i as i64 + 1), f.expect("readable"))).collect();
         // A threshold between the closest and the farthest pair, so some frames drop.

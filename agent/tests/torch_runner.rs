@@ -12,6 +12,7 @@ use dataminer_agent::models::preprocess::{to_tensor, Rgb8};
 use dataminer_agent::models::prompts::PromptTokenizer;
 use dataminer_agent::models::rules::{dedup_video, filter_frame, l2_normalise, FilterThresholds, KeptSet};
 use dataminer_agent::models::runner::{ImageOutput, Matrix, ModelRunner};
+use dataminer_agent::models::shared::SharedRunner;
 use dataminer_agent::models::torch::{cuda_available, select_device, TorchRunner};
 
 fn models_dir() -> PathBuf {
@@ -22,9 +23,16 @@ fn models_dir() -> PathBuf {
 
 fn load(name: &str) -> (Package, TorchRunner) {
     let p = Package::load(&models_dir(), name).unwrap_or_else(|e| panic!("{e}"));
-    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu")).unwrap_or_else(|e| panic!("{e}"));
+    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu"), false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.device(), "cpu");
     (p, r)
+}
+
+/// The package's shared runner (a second copy of the model, on its own thread).
+fn shared(p: &Package) -> SharedRunner {
+    let r = TorchRunner::load(p, select_device("cpu").expect("cpu"), false).unwrap_or_else(|e| panic!("{e}"));
+    let per = 3 * p.manifest.image.height as usize * p.manifest.image.width as usize;
+    SharedRunner::start(&p.manifest.name, std::sync::Arc::new(r), per, None).expect("runner thread")
 }
 
 /// A `w × h` image whose pixels follow `f(x, y) -> [r, g, b]`.
@@ -147,10 +155,13 @@ fn meancolour_oracle_scores_as_documented() {
 }
 
 #[test]
-fn cuda_is_refused_where_libtorch_has_none() {
+fn cuda_is_refused_without_a_cuda_device() {
     if !cuda_available() {
         let e = select_device("cuda:0").expect_err("no CUDA here");
-        assert!(e.contains("has no CUDA"), "{e}");
+        // The reason says which: no CUDA in this libtorch, or no device.
+        let why =
+            if dataminer_agent::models::torch::cuda_linked() { "no CUDA device is visible" } else { "has no CUDA" };
+        assert!(e.contains(why), "{e}");
     }
     assert!(select_device("tpu").is_err());
     let auto = select_device("auto").expect("auto");
@@ -188,9 +199,10 @@ fn meancolour_filter_keeps_the_red_frames_and_records_unreadable_ones() {
     let (p, r) = load("meancolour");
     let root = std::env::temp_dir().join(format!("dm-filter-{}", std::process::id()));
     let frames = write_frames(&root.join("frames"), &[Some([255, 0, 0]), Some([0, 0, 255]), None, Some([250, 5, 5])]);
+    let sr = shared(&p);
     let run =
-        BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 3, pooling: Pooling::Pooler, threads: 2 };
-    let feats = run.image_features(&frames, &|| false).expect("run");
+        BatchRun { runner: &sr, package: &p, data_root: &root, batch_size: 3, pooling: Pooling::Pooler, threads: 2 };
+    let feats = run.image_features(&frames, &|| false, &mut |_| {}).expect("run").0;
     let text = p.manifest.text.clone().expect("text");
     let tok = PromptTokenizer::load(&p.dir, &text).expect("tokenizer");
     let t = r.text(&tok.encode(&["red".to_string()]).expect("ids"), 1).expect("text");
@@ -214,16 +226,16 @@ fn meancolour_filter_keeps_the_red_frames_and_records_unreadable_ones() {
         .collect();
     assert_eq!(kept, [Some(true), Some(false), None, Some(true)]);
     // Stopping is honoured between batches.
-    assert!(matches!(run.image_features(&frames, &|| true), Err(BatchError::Stopped)));
+    assert!(matches!(run.image_features(&frames, &|| true, &mut |_| {}), Err(BatchError::Stopped)));
     // A missing frame file is an I/O failure, not an unreadable frame.
     let missing = [FrameRef { index: 9, path: "frames/nope.jpg".into() }];
-    assert!(matches!(run.image_features(&missing, &|| false), Err(BatchError::Io { .. })));
+    assert!(matches!(run.image_features(&missing, &|| false, &mut |_| {}), Err(BatchError::Io { .. })));
     let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn thumbnail_dedup_drops_the_repeated_frame() {
-    let (p, r) = load("thumbnail");
+    let (p, _) = load("thumbnail");
     let root = std::env::temp_dir().join(format!("dm-dedup-{}", std::process::id()));
     let dir = root.join("frames");
     std::fs::create_dir_all(&dir).expect("dir");
@@ -234,9 +246,10 @@ fn thumbnail_dedup_drops_the_repeated_frame() {
         std::fs::write(dir.join(&name), turbojpeg_bytes(&scene(*k))).expect("write");
         frames.push(FrameRef { index: i as u32 + 1, path: format!("frames/{name}") });
     }
+    let sr = shared(&p);
     let run =
-        BatchRun { runner: &r, package: &p, data_root: &root, batch_size: 8, pooling: Pooling::Pooler, threads: 1 };
-    let feats = run.image_features(&frames, &|| false).expect("run");
+        BatchRun { runner: &sr, package: &p, data_root: &root, batch_size: 8, pooling: Pooling::Pooler, threads: 1 };
+    let feats = run.image_features(&frames, &|| false, &mut |_| {}).expect("run").0;
     let rows: Vec<((i64, i64), Vec<f32>)> =
         feats.into_iter().enumerate().map(|(i, f)| ((7, i as i64 + 1), f.expect("readable"))).collect();
     let mut kept = KeptSet::new(p.manifest.embedding_dim);
@@ -244,4 +257,49 @@ fn thumbnail_dedup_drops_the_repeated_frame() {
     assert_eq!(v.iter().map(|d| d.kept).collect::<Vec<_>>(), [true, true, false]);
     assert_eq!(v[2].most_similar.map(|m| m.0), Some((7, 1)));
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn cuda_is_force_linked_when_the_libtorch_has_it() {
+    use dataminer_agent::models::torch::cuda_linked;
+    // Load libtorch (any call does), then find the directory it came from.
+    let _ = select_device("cpu").expect("cpu");
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let cpu = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .expect("libtorch_cpu.so is mapped");
+    let dir = std::path::Path::new(cpu).parent().expect("dir");
+    // The PyPI wheel CI uses is a CUDA build: its CUDA part must be loaded although nothing
+    // calls it directly (otherwise a GPU host would silently run on the CPU).
+    assert_eq!(cuda_linked(), dir.join("libtorch_cuda.so").exists(), "libtorch in {}", dir.display());
+}
+
+#[test]
+fn the_registry_refuses_a_broken_package_and_bf16_on_cpu() {
+    use dataminer_agent::models::registry::Registry;
+    let e = Registry::new(models_dir(), "cpu", "bf16", Default::default()).expect_err("bf16 on cpu");
+    assert!(e.contains("bf16 needs a CUDA device"), "{e}");
+    // A copy of a good package with one byte of its model changed.
+    let dir = std::env::temp_dir().join(format!("dm-broken-{}", std::process::id()));
+    let pkg = dir.join("thumbnail");
+    std::fs::create_dir_all(&pkg).expect("dir");
+    for f in std::fs::read_dir(models_dir().join("thumbnail")).expect("read") {
+        let f = f.expect("entry");
+        std::fs::copy(f.path(), pkg.join(f.file_name())).expect("copy");
+    }
+    let good = Registry::new(dir.clone(), "cpu", "auto", Default::default()).expect("registry");
+    assert_eq!(good.available().expect("list"), ["thumbnail"]);
+    good.serve(&["thumbnail".to_string()]).expect("a good package serves");
+    let mut bytes = std::fs::read(pkg.join("image.pt")).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(pkg.join("image.pt"), bytes).expect("write");
+    let r = Registry::new(dir.clone(), "cpu", "auto", Default::default()).expect("registry");
+    let e = r.serve(&["thumbnail".to_string()]).expect_err("broken package");
+    assert!(e.contains("thumbnail") && e.contains("image.pt"), "{e}");
+    let e = r.serve(&["absent".to_string()]).expect_err("missing package");
+    assert!(e.contains("absent"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,12 +5,16 @@
 //! decoded is recorded as unreadable and never kept; a frame that cannot be read at all is an
 //! I/O failure of the task.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::manifest::Package;
 use super::preprocess::{decode_jpeg, to_tensor};
 use super::rules::l2_normalise;
-use super::runner::{ImageOutput, Matrix, ModelRunner, RunError};
+use super::runner::{ImageOutput, RunError};
+use super::shared::{SharedRunner, Ticket, WaitError};
 
 /// Why running a package over frames failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,30 +47,32 @@ pub enum Pooling {
     HiddenMean,
 }
 
-fn pick(out: ImageOutput, pooling: Pooling) -> Matrix {
-    match out {
-        ImageOutput::Features(m) => m,
-        ImageOutput::Embeddings { pooler, hidden, tokens } => match pooling {
-            Pooling::Pooler => pooler,
-            Pooling::HiddenCls | Pooling::HiddenMean => {
-                let d = hidden.cols / tokens.max(1);
-                let mut data = Vec::with_capacity(hidden.rows * d);
-                for r in 0..hidden.rows {
+/// Rows `from..from + n` of an image tower's output as the embeddings `pooling` picks,
+/// L2-normalised (scorers' features ignore `pooling`).
+pub fn pick_rows(out: &ImageOutput, from: usize, n: usize, pooling: Pooling) -> Vec<Vec<f32>> {
+    let rows = from..from + n;
+    let mut picked: Vec<Vec<f32>> = match out {
+        ImageOutput::Features(m) => rows.map(|r| m.row(r).to_vec()).collect(),
+        ImageOutput::Embeddings { pooler, hidden, tokens } => {
+            let tokens = (*tokens).max(1);
+            let d = hidden.cols / tokens;
+            rows.map(|r| match pooling {
+                Pooling::Pooler => pooler.row(r).to_vec(),
+                Pooling::HiddenCls => hidden.row(r)[..d].to_vec(),
+                // Mean of the patch tokens 1.. (token 0 is CLS).
+                Pooling::HiddenMean if tokens >= 2 => {
                     let row = hidden.row(r);
-                    if pooling == Pooling::HiddenCls || tokens < 2 {
-                        data.extend_from_slice(&row[..d]);
-                    } else {
-                        // Mean of the patch tokens 1.. (token 0 is CLS).
-                        for k in 0..d {
-                            let s: f32 = (1..tokens).map(|t| row[t * d + k]).sum();
-                            data.push(s / (tokens - 1) as f32);
-                        }
-                    }
+                    (0..d).map(|k| (1..tokens).map(|t| row[t * d + k]).sum::<f32>() / (tokens - 1) as f32).collect()
                 }
-                Matrix { rows: hidden.rows, cols: d, data }
-            }
-        },
+                Pooling::HiddenMean => hidden.row(r)[..d].to_vec(),
+            })
+            .collect()
+        }
+    };
+    for v in &mut picked {
+        l2_normalise(v);
     }
+    picked
 }
 
 /// Decodes and pre-processes `frames` on `threads` threads into one planar buffer; returns it
@@ -112,10 +118,11 @@ fn prepare(
 /// How to run a package over frames.
 #[derive(Clone, Copy)]
 pub struct BatchRun<'a> {
-    pub runner: &'a dyn ModelRunner,
+    /// The package's shared runner (batches across tasks, backs off on out-of-memory).
+    pub runner: &'a SharedRunner,
     pub package: &'a Package,
     pub data_root: &'a Path,
-    /// The most frames per model call (halved on out-of-memory).
+    /// The most frames per model call (the runner halves it on out-of-memory).
     pub batch_size: usize,
     /// Embedders: which output is the embedding (scorers ignore it).
     pub pooling: Pooling,
@@ -132,53 +139,88 @@ impl std::fmt::Debug for BatchRun<'_> {
     }
 }
 
+/// Time spent by a run, for the agent's metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunTimes {
+    /// Reading, decoding and pre-processing frames.
+    pub decode: std::time::Duration,
+}
+
+/// Sets the task's stop flag when a run ends early, so the runner drops what it queued.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 impl BatchRun<'_> {
-    /// Runs the image tower over `frames` in batches, returning each frame's normalised output
-    /// (scorer features, or the embedder output `pooling` picks). `stop` is polled between
-    /// batches.
-    pub fn image_features(&self, frames: &[FrameRef], stop: &dyn Fn() -> bool) -> Result<Features, BatchError> {
+    /// Runs the image tower over `frames`, returning each frame's normalised output (scorer
+    /// features, or the embedder output `pooling` picks). A batch is decoded while the one
+    /// before it runs (at most two in memory). `stop` is polled between batches and while
+    /// waiting; `done(frames so far)` is called after each batch.
+    pub fn image_features(
+        &self,
+        frames: &[FrameRef],
+        stop: &dyn Fn() -> bool,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<(Features, RunTimes), BatchError> {
         let s = &self.package.manifest.image;
         let one = 3 * s.height as usize * s.width as usize;
+        let stopped = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let mut out: Features = Vec::with_capacity(frames.len());
-        let mut size = self.batch_size.max(1);
-        let mut at = 0;
-        while at < frames.len() {
+        let mut times = RunTimes::default();
+        let mut in_flight: VecDeque<(Option<Ticket>, Vec<bool>)> = VecDeque::new();
+        let mut collect = |ticket: Option<Ticket>, ok: Vec<bool>, out: &mut Features| -> Result<(), BatchError> {
+            let mut rows = match ticket {
+                Some(t) => t.wait(stop).map_err(|e| match e {
+                    WaitError::Stopped => BatchError::Stopped,
+                    WaitError::Model(m) => BatchError::Model(m),
+                })?,
+                None => Vec::new(),
+            }
+            .into_iter();
+            for good in ok {
+                out.push(if good { rows.next() } else { None });
+            }
+            done(out.len());
+            Ok(())
+        };
+        for chunk in frames.chunks(self.batch_size.max(1)) {
             if stop() {
                 return Err(BatchError::Stopped);
             }
-            let chunk = &frames[at..(at + size).min(frames.len())];
+            let started = std::time::Instant::now();
             let (buf, ok) = prepare(self.package, self.data_root, chunk, self.threads)?;
             // Only readable frames go to the model.
-            let mut pixels = Vec::with_capacity(buf.len());
-            for (i, good) in ok.iter().enumerate() {
-                if *good {
-                    pixels.extend_from_slice(&buf[i * one..(i + 1) * one]);
-                }
-            }
             let n = ok.iter().filter(|g| **g).count();
-            let result = if n == 0 { None } else { Some(self.runner.image(&pixels, n)) };
-            match result {
-                Some(Err(RunError::OutOfMemory { .. })) if size > 1 => {
-                    size /= 2;
-                    continue;
+            let pixels = if n == ok.len() {
+                buf
+            } else {
+                let mut p = Vec::with_capacity(n * one);
+                for (i, _) in ok.iter().enumerate().filter(|(_, g)| **g) {
+                    p.extend_from_slice(&buf[i * one..(i + 1) * one]);
                 }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(o)) => {
-                    let m = pick(o, self.pooling);
-                    let mut rows = (0..m.rows).map(|r| {
-                        let mut v = m.row(r).to_vec();
-                        l2_normalise(&mut v);
-                        v
-                    });
-                    for good in ok {
-                        out.push(if good { rows.next() } else { None });
-                    }
+                p
+            };
+            times.decode += started.elapsed();
+            let ticket = if n == 0 {
+                None
+            } else {
+                Some(self.runner.submit(pixels, n, self.pooling, self.batch_size, stopped.0.clone())?)
+            };
+            in_flight.push_back((ticket, ok));
+            while in_flight.len() > 1 {
+                if let Some((t, ok)) = in_flight.pop_front() {
+                    collect(t, ok, &mut out)?;
                 }
-                None => out.extend(ok.iter().map(|_| None)),
             }
-            at += chunk.len();
         }
-        Ok(out)
+        while let Some((t, ok)) = in_flight.pop_front() {
+            collect(t, ok, &mut out)?;
+        }
+        Ok((out, times))
     }
 }
 
@@ -193,6 +235,7 @@ pub fn siglip_score(image: &[f32], text: &[f32], logit_scale: f32, logit_bias: f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::runner::Matrix;
 
     #[test]
     fn scores_follow_the_sigmoid_formula() {
@@ -205,11 +248,20 @@ mod tests {
 
     #[test]
     fn hidden_pooling_picks_cls_or_the_patch_mean() {
-        let hidden = Matrix { rows: 1, cols: 6, data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
-        let pooler = Matrix { rows: 1, cols: 2, data: vec![9.0, 9.0] };
-        let out = |p| pick(ImageOutput::Embeddings { pooler: pooler.clone(), hidden: hidden.clone(), tokens: 3 }, p);
-        assert_eq!(out(Pooling::Pooler).data, [9.0, 9.0]);
-        assert_eq!(out(Pooling::HiddenCls).data, [1.0, 2.0]);
-        assert_eq!(out(Pooling::HiddenMean).data, [4.0, 5.0]);
+        // Two images of three tokens of dimension 2; the second is the first plus 10.
+        let hidden =
+            Matrix { rows: 2, cols: 6, data: vec![3.0, 4.0, 2.0, 0.0, 4.0, 0.0, 13.0, 14.0, 12.0, 10.0, 14.0, 10.0] };
+        let pooler = Matrix { rows: 2, cols: 2, data: vec![9.0, 0.0, 0.0, 5.0] };
+        let out = ImageOutput::Embeddings { pooler, hidden, tokens: 3 };
+        let unit = |a: f32, b: f32| {
+            let mut v = vec![a, b];
+            l2_normalise(&mut v);
+            v
+        };
+        assert_eq!(pick_rows(&out, 0, 2, Pooling::Pooler), [vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert_eq!(pick_rows(&out, 0, 1, Pooling::HiddenCls), [unit(3.0, 4.0)]);
+        assert_eq!(pick_rows(&out, 1, 1, Pooling::HiddenCls), [unit(13.0, 14.0)]);
+        assert_eq!(pick_rows(&out, 0, 1, Pooling::HiddenMean), [vec![1.0, 0.0]]);
+        assert_eq!(pick_rows(&out, 1, 1, Pooling::HiddenMean), [unit(13.0, 10.0)]);
     }
 }

@@ -28,7 +28,7 @@ pub enum ImageOutput {
     Embeddings { pooler: Matrix, hidden: Matrix, tokens: usize },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RunError {
     /// The device ran out of memory; the caller halves the batch and tries again.
     #[error("out of memory on {device}: {message}")]

@@ -1,16 +1,23 @@
 //! The libtorch backend (`models` feature): a package's TorchScript towers loaded with `tch`
-//! on the chosen device, run without autograd. A CUDA build must link `libtorch_cuda`
-//! (`-Wl,--no-as-needed`, see `scripts/models/setup.sh`), otherwise CUDA is silently absent:
-//! [`select_device`] refuses `cuda` then instead of falling back.
+//! on the chosen device, run without autograd, in f32 or (CUDA) with the weights and inputs
+//! cast to bfloat16. The agent's build script force-links `libtorch_cuda` when the libtorch it
+//! builds against has it (`-Wl,--no-as-needed`, see `agent/build.rs`), otherwise CUDA would be
+//! silently absent; [`select_device`] refuses `cuda` without it instead of falling back.
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use super::manifest::{self, Package};
 use super::runner::{ImageOutput, Matrix, ModelRunner, RunError};
 
-/// Whether this agent's libtorch can use CUDA.
+/// Whether this agent's libtorch can use CUDA (linked and a device present).
 pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
+}
+
+/// Whether `libtorch_cuda` is loaded in this process (Linux): false means a CPU-only
+/// libtorch, or a CUDA libtorch whose CUDA part the linker dropped.
+pub fn cuda_linked() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("libtorch_cuda.so"))
 }
 
 /// `auto` (CUDA 0 when available, else CPU), `cpu` or `cuda:N`.
@@ -25,10 +32,12 @@ pub fn select_device(setting: &str) -> Result<Device, String> {
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| format!("device {s:?} is not auto, cpu or cuda:N"))?;
             if !tch::Cuda::is_available() {
-                return Err(format!(
-                    "device {s} asked for, but this agent's libtorch has no CUDA (CPU-only build, or \
-                     libtorch_cuda not linked)"
-                ));
+                let why = if cuda_linked() {
+                    "libtorch_cuda is loaded but no CUDA device is visible"
+                } else {
+                    "this agent's libtorch has no CUDA (CPU-only libtorch, or libtorch_cuda not linked)"
+                };
+                return Err(format!("device {s} asked for, but {why}"));
             }
             if n as i64 >= tch::Cuda::device_count() {
                 return Err(format!("device {s} asked for, but only {} CUDA devices exist", tch::Cuda::device_count()));
@@ -54,6 +63,8 @@ pub struct TorchRunner {
     width: i64,
     text_len: i64,
     device: Device,
+    /// The dtype inputs are cast to (the weights' dtype).
+    input_kind: Kind,
     image: CModule,
     text: Option<CModule>,
 }
@@ -78,12 +89,18 @@ fn matrix(model: &str, t: &Tensor) -> Result<Matrix, RunError> {
 }
 
 impl TorchRunner {
-    /// Loads a verified package's towers on `device`.
-    pub fn load(package: &Package, device: Device) -> Result<TorchRunner, String> {
+    /// Loads a verified package's towers on `device`, in bfloat16 when `bf16`.
+    pub fn load(package: &Package, device: Device, bf16: bool) -> Result<TorchRunner, String> {
         let m = &package.manifest;
+        let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
         let load = |f: &str| {
-            CModule::load_on_device(package.dir.join(f), device)
-                .map_err(|e| format!("model package {}: cannot load {f}: {e}", m.name))
+            let mut module = CModule::load_on_device(package.dir.join(f), device)
+                .map_err(|e| format!("model package {}: cannot load {f}: {e}", m.name))?;
+            module.set_eval();
+            if bf16 {
+                module.to(device, kind, false);
+            }
+            Ok::<_, String>(module)
         };
         let image = load("image.pt")?;
         let text = match m.kind {
@@ -97,6 +114,7 @@ impl TorchRunner {
             width: i64::from(m.image.width),
             text_len: m.text.as_ref().map_or(0, |t| t.length as i64),
             device,
+            input_kind: kind,
             image,
             text,
         })
@@ -110,7 +128,10 @@ impl ModelRunner for TorchRunner {
 
     fn image(&self, pixels: &[f32], n: usize) -> Result<ImageOutput, RunError> {
         let _guard = tch::no_grad_guard();
-        let x = Tensor::from_slice(pixels).view([n as i64, 3, self.height, self.width]).to_device(self.device);
+        let x = Tensor::from_slice(pixels)
+            .view([n as i64, 3, self.height, self.width])
+            .to_device(self.device)
+            .to_kind(self.input_kind);
         let out = self.image.forward_is(&[IValue::Tensor(x)]).map_err(|e| failed(&self.name, e))?;
         match (self.kind, out) {
             (manifest::Kind::ImageTextScorer, IValue::Tensor(t)) => Ok(ImageOutput::Features(matrix(&self.name, &t)?)),

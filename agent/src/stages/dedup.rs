@@ -85,6 +85,7 @@ pub async fn run(
     let video_id = input.video_id;
     let (root, out_dir, output_dir) =
         (ctx.config.data_root.clone(), attempt_dir.to_path_buf(), task.attempt_dir.clone());
+    let (metrics, decode_threads) = (ctx.metrics.clone(), ctx.config.decode_threads as usize);
     let prior = kept.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(StageResult, KeptCache), TaskError> {
         let refs: Vec<FrameRef> =
@@ -95,19 +96,25 @@ pub async fn run(
             DedupEmbedding::HiddenMean => Pooling::HiddenMean,
         };
         let run = BatchRun {
-            runner: &loaded.runner,
+            runner: &loaded.shared,
             package: &loaded.package,
             data_root: &root,
             batch_size: cfg.batch_size as usize,
             pooling,
-            threads: 2,
+            threads: decode_threads,
         };
         let stop = || cancel.is_cancelled();
-        let feats = run.image_features(&refs, &stop).map_err(|e| match e {
+        let total = refs.len().max(1);
+        let mut done = |n: usize| {
+            progress.frames.store(n as u64, Ordering::Relaxed);
+            progress.permille.store((n * 1000 / total) as u64, Ordering::Relaxed);
+        };
+        let (feats, times) = run.image_features(&refs, &stop, &mut done).map_err(|e| match e {
             BatchError::Stopped => TaskError::Stopped("cancelled during the dedup".into()),
             other => TaskError::retryable(other.to_string()),
         })?;
-        progress.frames.store(feats.len() as u64, Ordering::Relaxed);
+        metrics.decode_seconds.with_label_values(&["dedup"]).inc_by(times.decode.as_secs_f64());
+        metrics.model_frames.with_label_values(&["dedup"]).inc_by(feats.iter().filter(|f| f.is_some()).count() as u64);
         let mut rows = Vec::with_capacity(feats.len());
         for (f, e) in frames.iter().zip(feats) {
             let e = e.ok_or_else(|| {

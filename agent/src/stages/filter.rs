@@ -18,8 +18,8 @@ use super::{data_path, Progress, StageContext};
 use crate::error::TaskError;
 use crate::models::batch::{siglip_score, BatchError, BatchRun, FrameRef, Pooling};
 use crate::models::manifest::Kind;
-use crate::models::rules::{filter_frame, l2_normalise, FilterThresholds};
-use crate::models::runner::ModelRunner;
+use crate::models::registry::PromptError;
+use crate::models::rules::{filter_frame, FilterThresholds};
 
 pub async fn run(
     ctx: &StageContext,
@@ -35,48 +35,51 @@ pub async fn run(
     let registry = ctx.models.clone().ok_or_else(|| TaskError::fatal("this agent has no model registry"))?;
     let (ctx, attempt_dir, output_dir) = (ctx.clone(), attempt_dir.to_path_buf(), task.attempt_dir.clone());
     tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&manifest_path)
-            .map_err(|e| TaskError::fatal(format!("cannot read the frames manifest {manifest_rel}: {e}")))?;
+        let bytes = std::fs::read(&manifest_path).map_err(|e| {
+            let m = format!("cannot read the frames manifest {manifest_rel}: {e}");
+            // Missing: the extraction's output is gone (fatal); anything else may pass.
+            if e.kind() == std::io::ErrorKind::NotFound {
+                TaskError::fatal(m)
+            } else {
+                TaskError::retryable(m)
+            }
+        })?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| TaskError::fatal(format!("the frames manifest {manifest_rel} is malformed: {e}")))?;
         let loaded = registry.get(&cfg.model).map_err(TaskError::fatal)?;
         if loaded.package.manifest.kind != Kind::ImageTextScorer {
             return Err(TaskError::fatal(format!("model {} is not an image-text scorer", cfg.model)));
         }
-        let tok = loaded.tokenizer.as_ref().ok_or_else(|| TaskError::fatal("scorer package without a tokenizer"))?;
         let prompts: Vec<String> =
             cfg.positive_prompts.iter().chain(&cfg.negative_prompts).chain(&cfg.junk_prompts).cloned().collect();
-        let ids = tok.encode(&prompts).map_err(TaskError::fatal)?;
-        let text = loaded.runner.text(&ids, prompts.len()).map_err(|e| TaskError::retryable(e.to_string()))?;
-        let texts: Vec<Vec<f32>> = (0..text.rows)
-            .map(|i| {
-                let mut v = text.row(i).to_vec();
-                l2_normalise(&mut v);
-                v
-            })
-            .collect();
+        let texts = loaded.prompt_embeddings(&prompts).map_err(|e| match e {
+            PromptError::Fatal(m) => TaskError::fatal(m),
+            PromptError::Model(m) => TaskError::retryable(m),
+        })?;
         let frames: Vec<FrameRef> =
             manifest.frames.iter().map(|f| FrameRef { index: f.index, path: f.path.clone() }).collect();
         let run = BatchRun {
-            runner: &loaded.runner,
+            runner: &loaded.shared,
             package: &loaded.package,
             data_root: &ctx.config.data_root,
             batch_size: cfg.batch_size as usize,
             pooling: Pooling::Pooler,
-            threads: 2,
+            threads: ctx.config.decode_threads as usize,
         };
         let stop = || cancel.is_cancelled();
-        let mut feats = Vec::with_capacity(frames.len());
-        for chunk in frames.chunks(cfg.batch_size.max(1) as usize) {
-            let part = run.image_features(chunk, &stop).map_err(|e| match e {
-                BatchError::Stopped => TaskError::Stopped("cancelled during the filter".into()),
-                BatchError::Io { .. } => TaskError::retryable(e.to_string()),
-                BatchError::Model(m) => TaskError::retryable(m.to_string()),
-            })?;
-            feats.extend(part);
-            progress.frames.store(feats.len() as u64, Ordering::Relaxed);
-            progress.permille.store((feats.len() * 1000 / frames.len().max(1)) as u64, Ordering::Relaxed);
-        }
+        let total = frames.len().max(1);
+        let mut done = |n: usize| {
+            progress.frames.store(n as u64, Ordering::Relaxed);
+            progress.permille.store((n * 1000 / total) as u64, Ordering::Relaxed);
+        };
+        let (feats, times) = run.image_features(&frames, &stop, &mut done).map_err(|e| match e {
+            BatchError::Stopped => TaskError::Stopped("cancelled during the filter".into()),
+            BatchError::Io { .. } => TaskError::retryable(e.to_string()),
+            BatchError::Model(m) => TaskError::retryable(m.to_string()),
+        })?;
+        let metrics = &ctx.metrics;
+        metrics.decode_seconds.with_label_values(&["filter"]).inc_by(times.decode.as_secs_f64());
+        metrics.model_frames.with_label_values(&["filter"]).inc_by(feats.iter().filter(|f| f.is_some()).count() as u64);
         let m = &loaded.package.manifest;
         let (scale, bias) = (m.logit_scale.unwrap_or(0.0), m.logit_bias.unwrap_or(0.0));
         let t = thresholds(&cfg);
