@@ -10,6 +10,10 @@ mod children;
 mod harness;
 mod lifecycle;
 #[cfg(feature = "models")]
+mod model_failures;
+#[cfg(feature = "models")]
+mod model_rules;
+#[cfg(feature = "models")]
 mod models;
 mod pipeline;
 mod protocol;

@@ -15,19 +15,65 @@ use crate::harness::env;
 both!(filter_mines_the_red_frames, dedup_drops_a_second_videos_repeated_frames);
 
 /// An agent of the `models` build serving `stages` with the CI packages on the CPU.
-async fn model_agent(e: &crate::harness::Env, name: &str, stages: &str) -> crate::harness::Agent {
-    let models = std::env::var("DATAMINER_TEST_MODELS_DIR").expect("DATAMINER_TEST_MODELS_DIR names the CI packages");
+pub async fn model_agent(e: &crate::harness::Env, name: &str, stages: &str) -> crate::harness::Agent {
+    model_agent_with(e, name, stages, &[]).await
+}
+
+/// The CI packages' directory.
+pub fn models_dir() -> String {
+    std::env::var("DATAMINER_TEST_MODELS_DIR").expect("DATAMINER_TEST_MODELS_DIR names the CI packages")
+}
+
+/// [`model_agent`] with more environment (test hooks, a subset of the packages).
+pub async fn model_agent_with(
+    e: &crate::harness::Env,
+    name: &str,
+    stages: &str,
+    extra: &[(&str, &str)],
+) -> crate::harness::Agent {
+    let models = models_dir();
     let ld = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
-    e.agent(
-        name,
-        &[
-            ("DATAMINER_STAGES", stages),
-            ("DATAMINER_MODELS_DIR", models.as_str()),
-            ("DATAMINER_DEVICE", "cpu"),
-            ("LD_LIBRARY_PATH", ld.as_str()),
-        ],
-    )
-    .await
+    let mut env = vec![
+        ("DATAMINER_STAGES", stages),
+        ("DATAMINER_MODELS_DIR", models.as_str()),
+        ("DATAMINER_DEVICE", "cpu"),
+        ("LD_LIBRARY_PATH", ld.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    e.agent(name, &env).await
+}
+
+/// Creates a project from its JSON body (201 expected).
+pub async fn create_project(e: &crate::harness::Env, body: serde_json::Value) {
+    let r = e.app.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Waits until video `id`'s entry in `project` leaves the states in `busy`.
+pub async fn wait_pv(
+    e: &crate::harness::Env,
+    id: i64,
+    project: &str,
+    busy: &[ProjectVideoState],
+    agents: &[&crate::harness::Agent],
+) -> dataminer_wire::ProjectVideoView {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let d = e.app.video(id).await;
+        let pv = d.projects.iter().find(|p| p.project == project).expect("project-video").clone();
+        if !busy.contains(&pv.state) {
+            return pv;
+        }
+        let logs: Vec<String> = agents.iter().map(|a| a.log_text()).collect();
+        assert!(Instant::now() < deadline, "still {:?}: {pv:?}\n{}", pv.state, logs.join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One page of `GET /v1/projects/{project}/frames?{query}`.
+pub async fn frames(e: &crate::harness::Env, project: &str, query: &str) -> FramePage {
+    let r = e.app.user(Method::GET, &format!("/v1/projects/{project}/frames?{query}")).send().await.expect("send");
+    dataminer_tests::expect_json::<FramePage>(r, StatusCode::OK).await
 }
 
 async fn filter_mines_the_red_frames(db: Db) {
