@@ -176,10 +176,14 @@ fn result_for(t: &LeasedTask) -> StageResult {
 
 async fn agent(base: String, name: String, batch: u32, stop_file: PathBuf, samples_out: PathBuf) -> Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
+    // The projects use the default models; model tasks require them (`model:<name>`).
+    let models = ProjectConfig::default();
+    let caps: Vec<String> = Stage::ALL.iter().filter_map(|s| models.requires(*s)).collect();
     let reg: RegisterAgentResponse = client
         .post(format!("{base}/v1/agents/register"))
         .bearer_auth(AGENT_TOKEN)
-        .json(&json!({"name": name, "stages": Stage::ALL, "version": "bench", "protocol_version": PROTOCOL_VERSION}))
+        .json(&json!({"name": name, "stages": Stage::ALL, "capabilities": caps, "version": "bench",
+                      "protocol_version": PROTOCOL_VERSION}))
         .send()
         .await?
         .error_for_status()?

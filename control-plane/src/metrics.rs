@@ -24,6 +24,7 @@ pub struct Metrics {
     pub tasks: IntGaugeVec,
     pub oldest_queued: IntGaugeVec,
     pub agents: IntGaugeVec,
+    pub waiting_for_capability: IntGaugeVec,
 }
 
 impl Metrics {
@@ -66,13 +67,21 @@ impl Metrics {
             &["stage"],
         )?;
         let agents = IntGaugeVec::new(Opts::new("dataminer_agents", "Registered agents by liveness"), &["state"])?;
+        // `requires` is a capability tag: a model name or yt-dlp, a handful per deployment.
+        let waiting_for_capability = IntGaugeVec::new(
+            Opts::new(
+                "dataminer_tasks_waiting_for_capability",
+                "Queued tasks that require a capability no live agent serving their stage advertises",
+            ),
+            &["stage", "requires"],
+        )?;
         for c in [&leases, &completions, &failures, &expiries] {
             registry.register(Box::new(c.clone()))?;
         }
         for h in [&task_duration, &lease_wait, &http_duration] {
             registry.register(Box::new(h.clone()))?;
         }
-        for g in [&tasks, &oldest_queued, &agents] {
+        for g in [&tasks, &oldest_queued, &agents, &waiting_for_capability] {
             registry.register(Box::new(g.clone()))?;
         }
         Ok(Self {
@@ -87,6 +96,7 @@ impl Metrics {
             tasks,
             oldest_queued,
             agents,
+            waiting_for_capability,
         })
     }
 

@@ -837,8 +837,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
-    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", args.name):
-        ap.error(f"--name {args.name!r}: a package name is 1-128 of [A-Za-z0-9._-], not starting with '.'")
+    # As the wire's model names: agents advertise `model:<name>` in a 64-character capability tag.
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,57}", args.name):
+        ap.error(f"--name {args.name!r}: a package name is 1-58 of [A-Za-z0-9._-], not starting with '.'")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

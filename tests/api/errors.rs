@@ -139,7 +139,7 @@ async fn url_validation_refuses_the_whole_batch(db: Db) {
     let v = app.submit(&["https://bucket.example.com/v.mp4?X-Amz-Signature=deadbeef&part=2"], &["p"]).await;
     assert!(!v[0].url.contains("deadbeef") && v[0].url.contains("part=2"), "{}", v[0].url);
     assert!(!app.video(v[0].id).await.video.url.contains("deadbeef"));
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let leased = app.lease(agent, &[Stage::Download], 5, 0).await;
     assert!(
         leased.iter().any(|t| t.input.url.as_deref().is_some_and(|u| u.contains("deadbeef"))),
@@ -325,7 +325,7 @@ async fn nul_characters_are_refused_alike_on_both_backends(db: Db) {
         .await;
     }
     app.submit(&["https://example.com/a.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     let r = app.fail(t.task_id, t.lease_token, "boom\u{0}", true).await;
     expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_failure").await;

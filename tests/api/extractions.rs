@@ -31,7 +31,7 @@ async fn projects_share_extractions_only_with_equal_settings(db: Db) {
     // Differs only in a field interval_frames does not use: same extraction as a.
     project_with(&app, "d", json!({"scene_threshold": 0.9})).await;
     let v = app.submit(&["https://example.com/x.mp4"], &["a", "b", "c", "d"]).await[0].id;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     app.complete_ok(&t, &result_for(&t, 77, 0)).await;
 
@@ -93,7 +93,7 @@ async fn cancelled_projects_do_not_strand_shared_content(db: Db) {
     let app = spawn_app(db).await;
     project_with(&app, "a", json!({})).await;
     project_with(&app, "b", json!({})).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     // x: a is cancelled while x's extraction runs; b joins afterwards.
     let x = app.submit(&["https://example.com/x.mp4"], &["a"]).await[0].id;
     let t = app.lease_one(agent, Stage::Download).await;

@@ -30,7 +30,7 @@ async fn up_to_filter(app: &TestApp, n: usize) -> i64 {
     let urls: Vec<String> = (0..n).map(|i| format!("https://example.com/{i}.mp4")).collect();
     let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     app.submit(&refs, &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for i in 0..n {
         let t = app.lease_one(agent, Stage::Download).await;
         app.complete_ok(&t, &result_for(&t, 500 + i as u64, 0)).await;

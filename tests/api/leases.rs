@@ -27,7 +27,7 @@ async fn setup(db: Db) -> (TestApp, i64, i64) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     (app, agent, v[0].id)
 }
 
@@ -99,7 +99,7 @@ async fn retryable_failures_back_off_then_die(db: Db) {
     .await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for attempt in 1..=3u32 {
         let mut got = app.lease(agent, &[Stage::Download], 1, 8_000).await;
         assert_eq!(got.len(), 1, "attempt {attempt} was not handed out after its backoff");
@@ -182,7 +182,7 @@ async fn priority_then_age(db: Db) {
     let low =
         app.submit_with_priority(&["https://example.com/low1.mp4", "https://example.com/low2.mp4"], &["p"], 0).await;
     let high = app.submit_with_priority(&["https://example.com/high.mp4"], &["p"], 10).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let order: Vec<i64> = app.lease(agent, &[Stage::Download], 3, 0).await.iter().map(|t| t.input.video_id).collect();
     assert_eq!(order, vec![high[0].id, low[0].id, low[1].id]);
     app.stop().await;
@@ -204,7 +204,7 @@ async fn capabilities_gate_platform_downloads(db: Db) {
 async fn long_poll_wakes_promptly_on_submit(db: Db) {
     let app = spawn_app_with(db, |c| c.poll_fallback_ms = 10_000).await;
     app.create_project("p").await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let waiter = {
         let client = app.client.clone();
         let url = app.url("/v1/leases");
@@ -382,7 +382,7 @@ async fn batch_complete_judges_each_item(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
     app.submit(&["https://example.com/1.mp4", "https://example.com/2.mp4", "https://example.com/3.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let ts = app.lease(agent, &[Stage::Download], 3, 1_000).await;
     assert_eq!(ts.len(), 3);
     let body = json!({"completions": [

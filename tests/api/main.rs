@@ -2,6 +2,7 @@
 //! embedded SQLite file and against PostgreSQL (`both!` generates one test per backend).
 
 mod auth;
+mod capabilities;
 mod errors;
 mod expiry;
 mod extractions;

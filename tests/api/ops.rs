@@ -51,7 +51,7 @@ async fn metrics_follow_the_work(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
     app.submit(&["https://example.com/a.mp4", "https://example.com/b.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     app.complete_ok(&t, &result_for(&t, 1, 0)).await;
     let t = app.lease_one(agent, Stage::Download).await;

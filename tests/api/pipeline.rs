@@ -33,7 +33,7 @@ async fn full_pipeline_reaches_complete(db: Db) {
     assert!(v[0].new);
     let id = v[0].id;
     assert_eq!(v[0].state, VideoState::Pending);
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
 
     let t = app.lease_one(agent, Stage::Download).await;
     assert_eq!(t.input.url.as_deref(), Some("https://example.com/a.mp4"));
@@ -107,7 +107,7 @@ async fn empty_filter_and_empty_dedup_are_terminal(db: Db) {
     app.create_project("p").await;
     let urls = ["https://example.com/a.mp4", "https://example.com/b.mp4", "https://example.com/c.mp4"];
     app.submit(&urls, &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for i in 0..3 {
         let t = app.lease_one(agent, Stage::Download).await;
         app.complete_ok(&t, &result_for(&t, 10 + i, 0)).await;
@@ -150,7 +150,7 @@ async fn dedup_order_is_recorded_and_fed_back(db: Db) {
     let urls: Vec<String> = (0..3).map(|i| format!("https://example.com/{i}.mp4")).collect();
     let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     app.submit(&refs, &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for i in 0..3 {
         let t = app.lease_one(agent, Stage::Download).await;
         app.complete_ok(&t, &result_for(&t, 100 + i, 0)).await;
@@ -209,7 +209,7 @@ async fn joining_after_extraction_filters_at_once(db: Db) {
     app.create_project("a").await;
     app.create_project("b").await;
     let v = app.submit(&["https://example.com/v.mp4"], &["a"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     app.complete_ok(&t, &result_for(&t, 1, 0)).await;
     let t = app.lease_one(agent, Stage::Extract).await;
@@ -238,7 +238,7 @@ async fn identical_content_is_extracted_once(db: Db) {
             &["p"],
         )
         .await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let d = app.lease(agent, &[Stage::Download], 2, 1_000).await;
     assert_eq!(d.len(), 2);
     for t in &d {
@@ -278,7 +278,7 @@ async fn failed_video_joining_a_project_fails_it_and_retry_recovers(db: Db) {
     app.create_project("b").await;
     let v = app.submit(&["https://example.com/broken.mp4"], &["a"]).await;
     let id = v[0].id;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     let f: FailResponse =
         expect_json(app.fail(t.task_id, t.lease_token, "HTTP 404 Not Found", false).await, StatusCode::OK).await;
@@ -331,7 +331,7 @@ async fn failed_video_joining_a_project_fails_it_and_retry_recovers(db: Db) {
 async fn copy_completing_while_its_content_is_extracted_is_never_stranded(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for round in 0..25u64 {
         let urls = [format!("https://a.example.com/{round}.mp4"), format!("https://b.example.com/{round}.mp4")];
         let v = app.submit(&[urls[0].as_str(), urls[1].as_str()], &["p"]).await;

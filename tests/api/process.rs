@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dataminer_tests::{AGENT_TOKEN, USER_TOKEN};
+use dataminer_tests::{AGENT_TOKEN, DEFAULT_MODELS, USER_TOKEN};
 use dataminer_wire::{RegisterAgentResponse, Stage, PROTOCOL_VERSION};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -53,11 +53,13 @@ pub async fn start_control_plane(db_url: Option<&str>, state_dir: &std::path::Pa
 }
 
 /// Registers agent `name` serving `stages` with the control plane at `base`.
+/// Registers an agent holding the default models (so it is leased model tasks too).
 pub async fn register_at(client: &reqwest::Client, base: &str, name: &str, stages: &[Stage]) -> RegisterAgentResponse {
     client
         .post(format!("{base}/v1/agents/register"))
         .bearer_auth(AGENT_TOKEN)
-        .json(&json!({"name": name, "stages": stages, "version": "t", "protocol_version": PROTOCOL_VERSION}))
+        .json(&json!({"name": name, "stages": stages, "capabilities": DEFAULT_MODELS, "version": "t",
+                      "protocol_version": PROTOCOL_VERSION}))
         .send()
         .await
         .expect("register")

@@ -121,7 +121,7 @@ async fn cancel_project_cancels_its_work(db: Db) {
     app.create_project("a").await;
     app.create_project("b").await;
     let v = app.submit(&["https://example.com/1.mp4"], &["a", "b"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     app.complete_ok(&t, &result_for(&t, 1, 0)).await;
     let t = app.lease_one(agent, Stage::Extract).await;

@@ -64,7 +64,7 @@ async fn setup(stages_done: &[Stage]) -> (TestApp, i64, i64) {
     let app = spawn_app(Db::Postgres).await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await[0].id;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for s in stages_done {
         let t = app.lease_one(agent, *s).await;
         app.complete_ok(&t, &result_for(&t, 1, 3)).await;

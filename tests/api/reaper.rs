@@ -20,7 +20,7 @@ async fn expired_leases_are_requeued_then_dead(db: Db) {
     .await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t1 = app.lease_one(agent, Stage::Download).await;
     let leased_at = Instant::now();
     // Say nothing: the lease expires and the reaper requeues it. Within TTL + reaper
@@ -63,7 +63,7 @@ async fn heartbeats_keep_a_lease(db: Db) {
     .await;
     app.create_project("p").await;
     app.submit(&["https://example.com/a.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -86,7 +86,7 @@ async fn time_limit_is_hard(db: Db) {
     .await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/a.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     assert_eq!(t.time_limit_ms, 1_000);
     let start = Instant::now();

@@ -1,7 +1,8 @@
 //! The two backends' migrations define the same schema (tables, columns with type family and
 //! nullability, named indexes, unique constraints, foreign keys), and migration 0004 carries a
 //! database populated at the previous schema (0003) over to extractions without losing
-//! anything: finished frames stay shared, waiting work still runs, failures stay retryable.
+//! anything: finished frames stay shared, waiting work still runs, failures stay retryable;
+//! 0006 makes its waiting model tasks require their project's model.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -256,7 +257,15 @@ async fn a_database_at_the_previous_schema_is_carried_over(db: Db) {
         }
     })
     .await;
-    let agent = app.register("w", &Stage::ALL, &[]).await;
+    let agent = app.register("w", &Stage::ALL, &DEFAULT_MODELS).await;
+    // 0006: the carried-over queued filter tasks require their project's model, so an agent
+    // without it is not leased them.
+    let bare = app.register("bare", &[Stage::Filter], &[]).await;
+    assert!(app.lease(bare, &[Stage::Filter], 10, 0).await.is_empty());
+    let tasks = app.video(1).await.tasks;
+    let requires = |stage: Stage| tasks.iter().find(|t| t.stage == stage).map(|t| t.requires.clone());
+    assert_eq!(requires(Stage::Filter), Some(Some("model:siglip2".into())));
+    assert_eq!(requires(Stage::Download), Some(None));
 
     // Video 1: downloaded; its project-video keeps filtering the frames it had.
     let one = app.video(1).await;

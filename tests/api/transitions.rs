@@ -60,7 +60,7 @@ async fn subject_state(app: &TestApp, video: i64, stage: Stage) -> (TaskState, S
 async fn every_stage_follows_the_transition_table(db: Db) {
     let app = spawn_app_with(db, |c| c.retry_base_ms = 1).await;
     app.create_project("p").await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for (n, stage) in Stage::ALL.into_iter().enumerate() {
         let v = app.submit(&[&format!("https://example.com/{n}.mp4")], &["p"]).await[0].id;
         // Complete the stages before this one.

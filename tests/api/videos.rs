@@ -11,7 +11,7 @@ async fn cancelling_the_canonical_video_frees_its_copies(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
     let v = app.submit(&["https://a.example.com/v.mp4", "https://b.example.com/v.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     for t in app.lease(agent, &[Stage::Download], 2, 1_000).await {
         app.complete_ok(&t, &result_for(&t, 7, 0)).await;
     }
@@ -43,7 +43,7 @@ async fn detail_shows_tasks_and_errors(db: Db) {
     let app = spawn_app(db).await;
     app.create_project("p").await;
     let v = app.submit(&["https://example.com/v.mp4"], &["p"]).await;
-    let agent = app.register("w1", &Stage::ALL, &[]).await;
+    let agent = app.register("w1", &Stage::ALL, &DEFAULT_MODELS).await;
     let t = app.lease_one(agent, Stage::Download).await;
     let _: FailResponse =
         expect_json(app.fail(t.task_id, t.lease_token, "HTTP 503 from origin", true).await, StatusCode::OK).await;

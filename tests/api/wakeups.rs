@@ -35,7 +35,7 @@ async fn a_dedup_completion_wakes_the_projects_next_dedup(db: Db) {
     let app = spawn_app_with(db, |c| c.poll_fallback_ms = 20_000).await;
     app.create_project("p").await;
     app.submit(&["https://example.com/a.mp4", "https://example.com/b.mp4"], &["p"]).await;
-    let w = app.register("w", &Stage::ALL, &[]).await;
+    let w = app.register("w", &Stage::ALL, &DEFAULT_MODELS).await;
     for (i, stage) in [Stage::Download, Stage::Download, Stage::Extract, Stage::Extract, Stage::Filter, Stage::Filter]
         .into_iter()
         .enumerate()
@@ -44,7 +44,7 @@ async fn a_dedup_completion_wakes_the_projects_next_dedup(db: Db) {
         app.complete_ok(&t, &result_for(&t, 10 + i as u64 / 2 + (i as u64 % 2) * 100, 3)).await;
     }
     let first = app.lease_one(w, Stage::Dedup).await;
-    let other = app.register("other", &[Stage::Dedup], &[]).await;
+    let other = app.register("other", &[Stage::Dedup], &DEFAULT_MODELS).await;
     let waiter = async {
         let started = Instant::now();
         let got = app.lease(other, &[Stage::Dedup], 1, 10_000).await;

@@ -47,6 +47,11 @@ use tokio_util::sync::CancellationToken;
 pub const USER_TOKEN: &str = "user-token-0123456789abcdef";
 pub const AGENT_TOKEN: &str = "agent-token-0123456789abcdef";
 
+/// The capabilities of an agent holding the default model of every model stage (the models
+/// of the projects [`TestApp::create_project`] makes): filter, dedup and detect tasks require
+/// `model:<the project's model for the stage>`.
+pub const DEFAULT_MODELS: [&str; 3] = ["model:siglip2", "model:dino", "model:grounding_dino"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
     Sqlite,

@@ -5,6 +5,19 @@ use utoipa::ToSchema;
 
 use crate::Stage;
 
+/// The longest capability tag an agent may advertise, in characters.
+pub const MAX_CAPABILITY_CHARS: usize = 64;
+
+/// The prefix of a model package's capability tag: an agent that serves package `name`
+/// advertises `model:<name>`, and a filter, dedup or detect task requires the tag of the model
+/// its project configures for the stage, so it only reaches an agent holding that model.
+pub const MODEL_CAPABILITY_PREFIX: &str = "model:";
+
+/// The capability tag of model package `name` (`model:<name>`).
+pub fn model_capability(name: &str) -> String {
+    format!("{MODEL_CAPABILITY_PREFIX}{name}")
+}
+
 /// `POST /v1/agents/register`. Registering again under the same name updates the record
 /// (an agent restarted on the same node keeps its identity). Unknown fields are ignored
 /// (a newer agent may advertise more; see `tasks`).

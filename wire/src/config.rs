@@ -103,8 +103,9 @@ impl Default for ExtractConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
-    /// Name of the image–text model package on the agents.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
+    /// Name of the image–text model package on the agents (filter tasks require the agent
+    /// capability `model:<name>`).
+    #[schema(min_length = 1, max_length = 58, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
     #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
@@ -170,9 +171,10 @@ pub enum DedupEmbedding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
-    /// Name of the image embedder package on the agents. Cannot change once the project has
-    /// a kept set (the embeddings would not be comparable).
-    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
+    /// Name of the image embedder package on the agents (dedup tasks require the agent
+    /// capability `model:<name>`). Cannot change once the project has a kept set (the
+    /// embeddings would not be comparable).
+    #[schema(min_length = 1, max_length = 58, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
     #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
@@ -202,7 +204,9 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
-    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
+    /// Name of the detector package on the agents (detect tasks require the agent capability
+    /// `model:<name>`).
+    #[schema(min_length = 1, max_length = 58, pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$")]
     pub model: String,
     #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
@@ -231,9 +235,28 @@ impl Default for DetectConfig {
 pub const MAX_INTERVAL_FRAMES: u32 = 10_000_000;
 pub const MAX_PROMPTS: usize = 256;
 pub const MAX_PROMPT_CHARS: usize = 500;
-const MAX_MODEL_NAME_CHARS: usize = 128;
+/// A model name is advertised as the capability `model:<name>`, which must fit an agent's
+/// capability tag (the schemas' `maxLength` of the three `model` fields says the same: 58).
+pub const MAX_MODEL_NAME_CHARS: usize = crate::MAX_CAPABILITY_CHARS - crate::MODEL_CAPABILITY_PREFIX.len();
+const _: () = assert!(MAX_MODEL_NAME_CHARS == 58, "update the schemas' maxLength of the model fields");
 
 impl ProjectConfig {
+    /// The model package the project configures for a model stage (filter, dedup, detect).
+    pub fn model(&self, stage: crate::Stage) -> Option<&str> {
+        match stage {
+            crate::Stage::Filter => Some(&self.filter.model),
+            crate::Stage::Dedup => Some(&self.dedup.model),
+            crate::Stage::Detect => Some(&self.detect.model),
+            crate::Stage::Download | crate::Stage::Extract => None,
+        }
+    }
+
+    /// The capability a task of `stage` of this project requires: `model:<its model>` for the
+    /// model stages, none for the others.
+    pub fn requires(&self, stage: crate::Stage) -> Option<String> {
+        self.model(stage).map(crate::model_capability)
+    }
+
     /// Why `new` may not replace `self` once the project has a kept set (dedup embeddings of
     /// another model or output are not comparable with the kept ones); `None` when it may.
     pub fn kept_set_conflict(&self, new: &ProjectConfig) -> Option<String> {
@@ -317,7 +340,11 @@ fn check_model(p: &mut Vec<String>, field: &str, v: &str) {
         && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !v.starts_with('.');
     if !ok {
-        p.push(format!("{field} must be 1-{MAX_MODEL_NAME_CHARS} characters of [A-Za-z0-9._-], not starting with '.'"));
+        p.push(format!(
+            "{field} must be 1-{MAX_MODEL_NAME_CHARS} characters of [A-Za-z0-9._-], not starting with '.' \
+             (agents advertise it as the capability `model:<name>`, at most {} characters)",
+            crate::MAX_CAPABILITY_CHARS
+        ));
     }
 }
 
@@ -396,5 +423,21 @@ mod tests {
         assert!(p[0].starts_with("extract.jpeg_quality"));
         assert!(p[1].starts_with("filter.model"));
         assert!(p[2].starts_with("dedup.threshold"));
+    }
+
+    #[test]
+    fn model_names_fit_a_capability_tag() {
+        let mut c = ProjectConfig::default();
+        c.filter.positive_prompts = vec!["a glass door".into()];
+        c.filter.model = "m".repeat(MAX_MODEL_NAME_CHARS);
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.requires(crate::Stage::Filter).map(|r| r.chars().count()), Some(crate::MAX_CAPABILITY_CHARS));
+        c.dedup.model = "m".repeat(MAX_MODEL_NAME_CHARS + 1);
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("dedup.model must be 1-58 characters"), "{p:?}");
+        assert_eq!(c.requires(crate::Stage::Dedup).as_deref(), Some(&*format!("model:{}", c.dedup.model)));
+        assert_eq!(c.requires(crate::Stage::Detect).as_deref(), Some("model:grounding_dino"));
+        assert_eq!(c.requires(crate::Stage::Extract), None);
     }
 }

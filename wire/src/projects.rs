@@ -52,6 +52,10 @@ pub struct ProjectStatus {
     /// Project-video counts by state (every state present, zeros included).
     pub by_state: BTreeMap<String, i64>,
     pub frames: FrameCounts,
+    /// The project's queued tasks that wait for a capability (its model) that no live agent
+    /// serving their stage advertises; empty when none waits.
+    #[serde(default)]
+    pub waiting_for_capability: Vec<crate::CapabilityWait>,
 }
 
 /// Frames in and kept per stage, summed over the project's videos that reached the stage.

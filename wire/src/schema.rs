@@ -48,13 +48,13 @@ pub fn capabilities() -> Array {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .min_length(Some(1))
-                .max_length(Some(64))
+                .max_length(Some(crate::MAX_CAPABILITY_CHARS))
                 .pattern(Some(crate::NO_NUL_PATTERN)),
         )
         .max_items(Some(64))
         .description(Some(
-            "Capability tags, e.g. `yt-dlp`, `gpu`, `ffmpeg`. A task that requires a capability is only leased \
-             to agents that advertise it.",
+            "Capability tags, e.g. `yt-dlp`, `gpu`, `ffmpeg`, `model:siglip2` (one per model package the agent \
+             serves). A task that requires a capability is only leased to agents that advertise it.",
         ))
         .build()
 }

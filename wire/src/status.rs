@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{AgentView, ExtractionView, ProjectState, VideoState};
+use crate::{AgentView, ExtractionView, ProjectState, Stage, VideoState};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusReport {
@@ -22,9 +22,27 @@ pub struct StatusReport {
     pub projects: Vec<ProjectSummary>,
     pub agents_alive: i64,
     pub agents: Vec<AgentView>,
+    /// Queued tasks that wait for a capability (a model, yt-dlp) that no live agent serving
+    /// their stage advertises, by stage and capability; empty when none waits.
+    #[serde(default)]
+    pub waiting_for_capability: Vec<CapabilityWait>,
     /// The most recently updated videos (at most 20), with where their frames are.
     #[serde(default)]
     pub recent_videos: Vec<RecentVideo>,
+}
+
+/// Queued tasks of one stage that require a capability no live agent serving the stage
+/// advertises (a live agent is one seen within the control plane's liveness window, as
+/// `agents[].alive`). They wait, visibly, until such an agent registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CapabilityWait {
+    pub stage: Stage,
+    /// The capability, e.g. `model:siglip2` or `yt-dlp`.
+    pub requires: String,
+    /// How many queued tasks of the stage require it.
+    pub tasks: i64,
+    /// How long the oldest of them has been runnable (ms; 0 while every one is in backoff).
+    pub oldest_queued_ms: i64,
 }
 
 /// A video in `/status`: its state and, once extracted, its frames (relative to the data root).

@@ -472,6 +472,10 @@ pub struct TaskView {
     /// Extract tasks: the extraction (content × settings) they produce.
     #[serde(default)]
     pub extraction_id: Option<i64>,
+    /// The capability an agent must advertise to lease it: `model:<name>` for filter, dedup
+    /// and detect (the project's model for the stage), `yt-dlp` for a platform download.
+    #[serde(default)]
+    pub requires: Option<String>,
     pub attempts: u32,
     pub max_attempts: u32,
     pub priority: i64,

@@ -1,7 +1,9 @@
 //! `/v1/agents`: registration (agent token) and the agent list (user token).
 
 use axum::extract::State;
-use dataminer_wire::{AgentView, ErrorBody, RegisterAgentRequest, RegisterAgentResponse, PROTOCOL_VERSION};
+use dataminer_wire::{
+    AgentView, ErrorBody, RegisterAgentRequest, RegisterAgentResponse, MAX_CAPABILITY_CHARS, PROTOCOL_VERSION,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -52,7 +54,7 @@ async fn register(
     // Lengths in characters, as the schema's maxLength counts them.
     let chars = |s: &str| s.chars().count();
     if req.capabilities.len() > 64
-        || req.capabilities.iter().any(|c| c.is_empty() || chars(c) > 64 || c.contains('\0'))
+        || req.capabilities.iter().any(|c| c.is_empty() || chars(c) > MAX_CAPABILITY_CHARS || c.contains('\0'))
         || chars(&req.version) > 128
         || req.version.contains('\0')
     {

@@ -68,8 +68,9 @@ enum StatusFormat {
     Json,
 }
 
-/// Counts per stage and state, per project, agents alive, oldest queued task age. JSON by
-/// default; a readable table for `?format=text` or `Accept: text/plain`.
+/// Counts per stage and state, per project, agents alive, oldest queued task age, and the
+/// queued tasks waiting for a capability (a model, yt-dlp) no live agent serving their stage
+/// advertises. JSON by default; a readable table for `?format=text` or `Accept: text/plain`.
 #[utoipa::path(get, path = "/status", tag = "operations", params(StatusQuery),
     security(("user_token" = [])),
     responses((status = 200, description = "The status report (JSON) or the same as a readable table",
@@ -127,6 +128,20 @@ pub fn render_text(r: &StatusReport) -> String {
             g("dead"),
             g("cancelled"),
             oldest
+        );
+    }
+    let _ = writeln!(o, "\nWAITING FOR A CAPABILITY NO LIVE AGENT HAS");
+    if r.waiting_for_capability.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for w in &r.waiting_for_capability {
+        let _ = writeln!(
+            o,
+            "  {:<10}{:<36}{:>7} tasks  oldest queued {}",
+            w.stage.as_str(),
+            w.requires,
+            w.tasks,
+            age(w.oldest_queued_ms)
         );
     }
     let _ = writeln!(o, "\nVIDEOS");
@@ -234,6 +249,16 @@ async fn metrics(State(s): State<AppState>) -> Response {
         let alive = agents.iter().filter(|a| a.alive).count() as i64;
         s.metrics.agents.with_label_values(&["alive"]).set(alive);
         s.metrics.agents.with_label_values(&["stale"]).set(agents.len() as i64 - alive);
+    }
+    match s.store.waiting_for_capability(None).await {
+        Ok(waits) => {
+            // Reset: a (stage, capability) that stopped waiting leaves the exposition.
+            s.metrics.waiting_for_capability.reset();
+            for w in &waits {
+                s.metrics.waiting_for_capability.with_label_values(&[w.stage.as_str(), &w.requires]).set(w.tasks);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: capability waits failed"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }

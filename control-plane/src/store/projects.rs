@@ -87,9 +87,11 @@ impl Store {
 
     /// Replaces a project's configuration. Tasks leased from now on read the new settings;
     /// running ones keep the settings they were leased with. Extract settings apply to
-    /// project-videos that join afterwards (each keeps the settings it joined with). The
-    /// dedup model and embedding cannot change once the project has a kept set (409): the
-    /// kept embeddings would no longer be comparable with new ones.
+    /// project-videos that join afterwards (each keeps the settings it joined with). When a
+    /// stage's model changes, the project's queued tasks of that stage require the new
+    /// `model:<name>` from this same transaction (leased ones keep theirs until they come
+    /// back to the queue). The dedup model and embedding cannot change once the project has
+    /// a kept set (409): the kept embeddings would no longer be comparable with new ones.
     #[instrument(skip(self, config))]
     pub async fn update_project_config(&self, name: &str, config: &ProjectConfig) -> Result<ProjectView> {
         let new = config;
@@ -112,10 +114,9 @@ impl Store {
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-        let has_kept = kept > 0;
-        if has_kept {
-            let old: ProjectConfig =
-                serde_json::from_str(&old).map_err(|e| StoreError::Corrupt(format!("project config: {e}")))?;
+        let old: ProjectConfig =
+            serde_json::from_str(&old).map_err(|e| StoreError::Corrupt(format!("project config: {e}")))?;
+        if kept > 0 {
             if let Some(reason) = old.kept_set_conflict(new) {
                 return Err(StoreError::conflict("kept_set_exists", reason));
             }
@@ -123,7 +124,28 @@ impl Store {
         let sql = format!("UPDATE projects SET config = $1, updated_at = $2 WHERE name = $3 RETURNING {PROJECT_COLS}");
         let row = sqlx::query(&sql).bind(config).bind(now).bind(name).fetch_optional(&mut *tx).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("project {name:?} not found")))?;
-        tx.commit().await?;
+        // Queued tasks of a stage whose model changed now require the new one; agents that
+        // hold it may be waiting for exactly these, so their stage is woken.
+        let mut woken = Vec::new();
+        for stage in [Stage::Filter, Stage::Dedup, Stage::Detect] {
+            if old.model(stage) == new.model(stage) {
+                continue;
+            }
+            let r = sqlx::query(
+                "UPDATE tasks SET requires = $1, updated_at = $2 WHERE project_id = $3 AND stage = $4 \
+                 AND state = 'queued'",
+            )
+            .bind(new.requires(stage))
+            .bind(now)
+            .bind(id)
+            .bind(stage.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() > 0 {
+                woken.push(stage);
+            }
+        }
+        self.commit_and_wake(tx, &woken).await?;
         project(&row)
     }
 
@@ -218,7 +240,8 @@ impl Store {
         } else {
             ProjectState::Active
         };
-        Ok(ProjectStatus { name: p.name, state, videos: total, by_state, frames })
+        let waiting_for_capability = self.waiting_for_capability(Some(p.id)).await?;
+        Ok(ProjectStatus { name: p.name, state, videos: total, by_state, frames, waiting_for_capability })
     }
 }
 

@@ -100,7 +100,7 @@ pub(crate) fn project_video(r: &AnyRow) -> Result<ProjectVideoView> {
 }
 
 pub(crate) const TASK_COLS: &str =
-    "t.id, t.stage, t.state, t.video_id, p.name AS project_name, t.extraction_id, t.attempts, \
+    "t.id, t.stage, t.state, t.video_id, p.name AS project_name, t.extraction_id, t.requires, t.attempts, \
     t.max_attempts, t.priority, t.run_after, t.leased_by, t.lease_expires_at, t.progress, t.last_error, \
     t.created_at, t.updated_at, t.finished_at";
 
@@ -119,6 +119,7 @@ pub(crate) fn task(r: &AnyRow) -> Result<TaskView> {
         video_id: r.try_get("video_id")?,
         project: r.try_get("project_name")?,
         extraction_id: r.try_get("extraction_id")?,
+        requires: r.try_get("requires")?,
         attempts: u32::try_from(attempts).unwrap_or(0),
         max_attempts: u32::try_from(max_attempts).unwrap_or(0),
         priority: r.try_get("priority")?,

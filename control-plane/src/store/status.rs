@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use dataminer_wire::{
-    ProjectState, ProjectSummary, ProjectVideoState, RecentVideo, Stage, StatusReport, TaskState, VideoState,
+    AgentView, CapabilityWait, ProjectState, ProjectSummary, ProjectVideoState, RecentVideo, Stage, StatusReport,
+    TaskState, VideoState,
 };
 use sqlx::Row;
 
@@ -20,6 +21,54 @@ pub struct QueueSnapshot {
 }
 
 impl Store {
+    /// Queued tasks (of project `project_id`, or of all) that require a capability no live
+    /// agent serving their stage advertises, by stage and capability, in stage order. Reads
+    /// only queued tasks with a `requires` (the `tasks_requires` partial index).
+    pub async fn waiting_for_capability(&self, project_id: Option<i64>) -> Result<Vec<CapabilityWait>> {
+        let agents = self.list_agents().await?;
+        self.waiting_for_capability_of(project_id, &agents).await
+    }
+
+    async fn waiting_for_capability_of(
+        &self,
+        project_id: Option<i64>,
+        agents: &[AgentView],
+    ) -> Result<Vec<CapabilityWait>> {
+        let now = self.now_read().await?;
+        let of_project = if project_id.is_some() { " AND project_id = $1" } else { "" };
+        let sql = format!(
+            "SELECT stage, requires, COUNT(*) AS n, MIN(run_after) AS oldest FROM tasks \
+             WHERE state = 'queued' AND requires IS NOT NULL{of_project} GROUP BY stage, requires"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(p) = project_id {
+            q = q.bind(p);
+        }
+        let mut out = Vec::new();
+        for r in q.fetch_all(self.reader()?).await? {
+            let stage: String = r.try_get("stage")?;
+            let Some(stage) = Stage::parse(&stage) else { continue };
+            let requires: String = r.try_get("requires")?;
+            let served =
+                agents.iter().any(|a| a.alive && a.stages.contains(&stage) && a.capabilities.contains(&requires));
+            if served {
+                continue;
+            }
+            let oldest: Option<i64> = r.try_get("oldest")?;
+            out.push(CapabilityWait {
+                stage,
+                requires,
+                tasks: r.try_get("n")?,
+                oldest_queued_ms: oldest.map_or(0, |o| (now - o).max(0)),
+            });
+        }
+        out.sort_by(|a, b| {
+            let at = |s: Stage| Stage::ALL.iter().position(|x| *x == s);
+            at(a.stage).cmp(&at(b.stage)).then_with(|| a.requires.cmp(&b.requires))
+        });
+        Ok(out)
+    }
+
     pub async fn queue_snapshot(&self) -> Result<(i64, QueueSnapshot)> {
         let now = self.now_read().await?;
         let rows = sqlx::query("SELECT stage, state, COUNT(*) AS n FROM tasks GROUP BY stage, state")
@@ -100,6 +149,7 @@ impl Store {
             }
         }
         let agents = self.list_agents().await?;
+        let waiting_for_capability = self.waiting_for_capability_of(None, &agents).await?;
         let recent = sqlx::query(&format!(
             "SELECT {} FROM videos v ORDER BY v.updated_at DESC, v.id DESC LIMIT {RECENT_VIDEOS}",
             super::rows::VIDEO_COLS
@@ -140,6 +190,7 @@ impl Store {
             projects,
             agents_alive: agents.iter().filter(|a| a.alive).count() as i64,
             agents,
+            waiting_for_capability,
             recent_videos,
         })
     }

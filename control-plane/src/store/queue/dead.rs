@@ -67,6 +67,7 @@ impl Store {
                 format!("task {} is no longer dead or cancelled", t.s.id),
             ));
         }
+        stages::refresh_requires(tx, &[&t.s]).await?;
         stages::reopen_subject(self, tx, &t.s, now).await
     }
 

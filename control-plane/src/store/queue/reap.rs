@@ -52,6 +52,7 @@ impl Store {
                 return Err(refuse(t, t.s.lease_token, now, true));
             }
             stages::move_subjects(tx, t.s.stage, &[&t.s], Event::Requeue, now).await?;
+            stages::refresh_requires(tx, &[&t.s]).await?;
             // Waiters learn of it now (a freed concurrency key may let another task run) and
             // again when its backoff ends, so nobody waits for the slow poll.
             wakes.now.push(t.s.stage);

@@ -316,6 +316,7 @@ impl Store {
             return Err(refuse(&t, token, now, grace));
         }
         stages::move_subjects(&mut tx, t.s.stage, &[&t.s], Event::Requeue, now).await?;
+        stages::refresh_requires(&mut tx, &[&t.s]).await?;
         // Wakes every waiter of the stage: the task is runnable again, and a concurrency key
         // it held is free.
         self.commit_and_wake(tx, &[t.s.stage]).await?;

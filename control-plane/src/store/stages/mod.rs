@@ -49,6 +49,9 @@ pub(crate) struct NewTask {
     pub project_id: Option<i64>,
     pub extraction_id: Option<i64>,
     pub priority: i64,
+    /// The capability an agent needs to lease it (`yt-dlp` for a platform download). For a
+    /// filter, dedup or detect task, `None` means its project's model for the stage
+    /// (`model:<name>`), which [`enqueue_many`] reads from the project's configuration.
     pub requires: Option<String>,
 }
 
@@ -113,9 +116,21 @@ pub(crate) fn values_rows(start: usize, rows: usize, cols: usize) -> String {
     s
 }
 
-/// Inserts queued tasks, many per statement.
+/// Inserts queued tasks, many per statement. A project-stage task without an explicit
+/// `requires` requires its project's model for the stage (the configuration as it is in this
+/// transaction; a later config update rewrites queued tasks in its own).
 pub(crate) async fn enqueue_many(store: &Store, tx: &mut Tx, tasks: &[NewTask], now: i64) -> Result<()> {
     let s = store.settings();
+    let projects: Vec<i64> = tasks
+        .iter()
+        .filter(|t| t.stage.is_project_stage() && t.requires.is_none())
+        .filter_map(|t| t.project_id)
+        .collect();
+    let configs = if projects.is_empty() { HashMap::new() } else { project::configs(tx, &projects).await? };
+    let requires = |t: &NewTask| match &t.requires {
+        Some(r) => Some(r.clone()),
+        None => t.project_id.and_then(|p| configs.get(&p)).and_then(|c| c.requires(t.stage)),
+    };
     for chunk in tasks.chunks(256) {
         let sql = format!(
             "INSERT INTO tasks (stage, video_id, project_id, extraction_id, max_attempts, priority, concurrency_key, \
@@ -134,7 +149,7 @@ pub(crate) async fn enqueue_many(store: &Store, tx: &mut Tx, tasks: &[NewTask], 
                 .bind(s.max_attempts)
                 .bind(t.priority)
                 .bind(concurrency_key(t.stage, t.project_id))
-                .bind(t.requires.clone())
+                .bind(requires(t))
                 .bind(s.time_limit_ms.get(t.stage));
         }
         q.execute(&mut **tx).await?;
@@ -379,6 +394,12 @@ pub(crate) async fn reopen_subject(store: &Store, tx: &mut Tx, t: &TaskSubject, 
         Stage::Extract => extract::reopen(store, tx, t, now).await,
         Stage::Filter | Stage::Dedup | Stage::Detect => project::reopen(tx, t, now).await,
     }
+}
+
+/// Brings the `requires` of tasks that are queued again (after a lease, or a user's retry)
+/// up to date with what their stage needs now (see [`project::refresh_requires`]).
+pub(crate) async fn refresh_requires(tx: &mut Tx, tasks: &[&TaskSubject]) -> Result<()> {
+    project::refresh_requires(tx, tasks).await
 }
 
 /// Everything an agent needs to run each leased task, read from what the control plane

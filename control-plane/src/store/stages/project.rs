@@ -4,7 +4,9 @@
 //! one at a time per project (concurrency key) against the project's kept set, recorded in
 //! order (`kept_seq`); detect reads the dedup output.
 
-use dataminer_wire::{Stage, StageResult, TaskInput};
+use std::collections::HashMap;
+
+use dataminer_wire::{ProjectConfig, Stage, StageResult, TaskInput};
 use sqlx::Row;
 
 use super::inputs::Inputs;
@@ -41,6 +43,57 @@ fn counts(dir: &str, output_dir: &str, frames_in: i64, frames_kept: i64) -> Resu
     nonneg("frames_kept", frames_kept)?;
     if frames_kept > frames_in {
         return Err(StoreError::invalid("invalid_result", "frames_kept cannot exceed frames_in"));
+    }
+    Ok(())
+}
+
+/// The configurations of the projects `ids`, by id.
+pub(crate) async fn configs(tx: &mut Tx, ids: &[i64]) -> Result<HashMap<i64, ProjectConfig>> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(256) {
+        let sql = format!("SELECT id, config FROM projects WHERE id IN ({})", placeholders(1, chunk.len()));
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            let config: ProjectConfig = serde_json::from_str(&r.try_get::<String, _>("config")?)
+                .map_err(|e| StoreError::Corrupt(format!("project config: {e}")))?;
+            out.insert(r.try_get("id")?, config);
+        }
+    }
+    Ok(out)
+}
+
+/// Brings the `requires` of queued project-stage tasks up to date with their project's
+/// model for the stage (`model:<name>`). A config update rewrites the queued tasks only, so
+/// a task that was leased meanwhile comes back (requeued, released, or retried by a user)
+/// still requiring the model it was leased for; this runs where it comes back, in the same
+/// transaction, so it only ever reaches an agent holding the model its next lease names.
+pub(crate) async fn refresh_requires(tx: &mut Tx, tasks: &[&TaskSubject]) -> Result<()> {
+    let tasks: Vec<&TaskSubject> =
+        tasks.iter().copied().filter(|t| t.stage.is_project_stage() && t.project_id.is_some()).collect();
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = tasks.iter().filter_map(|t| t.project_id).collect();
+    let configs = configs(tx, &ids).await?;
+    for t in tasks {
+        let Some(requires) = t.project_id.and_then(|p| configs.get(&p)).and_then(|c| c.requires(t.stage)) else {
+            continue;
+        };
+        // Written only when it differs (no new row version for nothing).
+        sqlx::query(
+            "UPDATE tasks SET requires = $1 WHERE id = $2 AND state = 'queued' \
+             AND (requires IS NULL OR requires <> $1)",
+        )
+        .bind(requires)
+        .bind(t.id)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
