@@ -16,6 +16,7 @@ use crate::models::{create_project, frames, model_agent, model_agent_with, model
 
 both!(
     agents_advertise_their_packages_and_refuse_a_broken_one,
+    a_task_waits_visibly_for_an_agent_holding_its_model,
     injected_out_of_memory_halves_the_batch,
     out_of_memory_at_one_frame_fails_retryably,
     a_cancel_stops_the_filter_within_a_batch,
@@ -65,6 +66,43 @@ async fn agents_advertise_their_packages_and_refuse_a_broken_one(db: Db) {
     assert!(!st.success());
     let log = b.log_text();
     assert!(log.contains("refusing to start") && log.contains("thumbnail") && log.contains("image.pt"), "{log}");
+    e.app.stop().await;
+}
+
+/// An agent serving the filter stage without the project's package leaves the task queued
+/// and `/status` names what it waits for; an agent with the package then runs it.
+async fn a_task_waits_visibly_for_an_agent_holding_its_model(db: Db) {
+    let e = env(db, |_| {}).await;
+    let cpu = model_agent_with(&e, "cpu", "download,extract,filter", &[("DATAMINER_MODELS", "thumbnail")]).await;
+    create_project(&e, filter_project("p", 4)).await;
+    let id = e.submit(&[e.media.url("colours.mp4")], "p").await[0].id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        let r = e.app.user(Method::GET, "/status").send().await.expect("send");
+        let st: dataminer_wire::StatusReport = dataminer_tests::expect_json(r, StatusCode::OK).await;
+        if let Some(w) = st.waiting_for_capability.iter().find(|w| w.stage == Stage::Filter) {
+            break w.clone();
+        }
+        assert!(Instant::now() < deadline, "the filter task never waited visibly: {st:?}\n{}", cpu.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((waiting.requires.as_str(), waiting.tasks), ("model:meancolour", 1), "{waiting:?}");
+    let text = e.app.user(Method::GET, "/status").header("accept", "text/plain").send().await.expect("send");
+    let text = text.text().await.expect("text");
+    assert!(text.contains("model:meancolour"), "{text}");
+    // Still queued a second later: the agent without the package never leases it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pv = e.app.video(id).await.projects[0].clone();
+    assert_eq!(pv.state, S::Pending, "{pv:?}");
+    let holder = model_agent_with(&e, "gpu", "filter", &[("DATAMINER_MODELS", "meancolour")]).await;
+    let pv = wait_pv(&e, id, "p", &[S::Pending, S::Filtering], &[&holder, &cpu]).await;
+    assert_eq!(pv.state, S::Filtered, "{pv:?}");
+    let r = e.app.user(Method::GET, "/status").send().await.expect("send");
+    let st: dataminer_wire::StatusReport = dataminer_tests::expect_json(r, StatusCode::OK).await;
+    // The filter no longer waits; its successor (the default dedup model, which no agent
+    // here holds) now does.
+    let waits: Vec<(Stage, &str)> = st.waiting_for_capability.iter().map(|w| (w.stage, w.requires.as_str())).collect();
+    assert_eq!(waits, [(Stage::Dedup, "model:dino")], "{st:?}");
     e.app.stop().await;
 }
 
