@@ -27,6 +27,7 @@ cargo test --workspace --locked "$@"
   bash scripts/models/make_test_packages.sh "$DATAMINER_TEST_MODELS_DIR" >&2
   python3 scripts/models/selfcheck.py
   cargo test -p dataminer-agent --features models --locked "$@"
-  # Through real processes: control plane + an agent serving filter with the oracle package.
-  cargo test -p dataminer-tests --features models --locked --test e2e "$@" -- models::
+  # Through real processes: control plane + agents serving the model stages with the oracle
+  # packages (mining, each filter rule at its boundaries, failure paths).
+  cargo test -p dataminer-tests --features models --locked --test e2e "$@" -- models:: model_rules:: model_failures::
 )

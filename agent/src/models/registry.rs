@@ -22,6 +22,9 @@ use super::torch::{select_device, TorchRunner};
 /// share an agent).
 const TEXT_CACHE: usize = 64;
 
+/// Normalised text embeddings per prompt list.
+type TextCache = Mutex<HashMap<Vec<String>, Arc<Vec<Vec<f32>>>>>;
+
 /// One loaded package.
 #[derive(Debug)]
 pub struct Loaded {
@@ -30,8 +33,7 @@ pub struct Loaded {
     pub runner: Arc<TorchRunner>,
     pub shared: SharedRunner,
     pub tokenizer: Option<PromptTokenizer>,
-    /// Normalised text embeddings per prompt list.
-    texts: Mutex<HashMap<Vec<String>, Arc<Vec<Vec<f32>>>>>,
+    texts: TextCache,
 }
 
 impl Loaded {

@@ -275,7 +275,7 @@ mod tests {
             "cpu".into()
         }
         fn image(&self, pixels: &[f32], n: usize) -> Result<ImageOutput, RunError> {
-            self.calls.lock().unwrap().push(n);
+            self.calls.lock().expect("lock").push(n);
             std::thread::sleep(self.delay);
             if n > self.oom_above {
                 return Err(RunError::OutOfMemory { device: "cpu".into(), message: "fake".into() });
@@ -291,7 +291,7 @@ mod tests {
 
     fn start(oom_above: usize, delay_ms: u64) -> (SharedRunner, Arc<Fake>) {
         let fake = Arc::new(Fake { calls: Mutex::new(Vec::new()), oom_above, delay: Duration::from_millis(delay_ms) });
-        (SharedRunner::start("fake", fake.clone(), 2, None).unwrap(), fake)
+        (SharedRunner::start("fake", fake.clone(), 2, None).expect("ok"), fake)
     }
 
     /// `n` images of two pixels each, image `i` being all `base + i`.
@@ -312,31 +312,31 @@ mod tests {
     fn requests_of_several_tasks_share_a_batch_and_get_their_own_rows_back() {
         let (r, fake) = start(usize::MAX, 150);
         // The first request keeps the runner busy while the next two queue up.
-        let a = r.submit(images(0.0, 1), 1, Pooling::Pooler, 8, flag()).unwrap();
+        let a = r.submit(images(0.0, 1), 1, Pooling::Pooler, 8, flag()).expect("ok");
         std::thread::sleep(Duration::from_millis(50));
-        let b = r.submit(images(10.0, 3), 3, Pooling::Pooler, 8, flag()).unwrap();
-        let c = r.submit(images(20.0, 2), 2, Pooling::Pooler, 8, flag()).unwrap();
-        assert_eq!(decode(&a.wait(&|| false).unwrap()), [0.0]);
-        assert_eq!(decode(&b.wait(&|| false).unwrap()), [10.0, 11.0, 12.0]);
-        assert_eq!(decode(&c.wait(&|| false).unwrap()), [20.0, 21.0]);
-        assert_eq!(*fake.calls.lock().unwrap(), [1, 5]);
+        let b = r.submit(images(10.0, 3), 3, Pooling::Pooler, 8, flag()).expect("ok");
+        let c = r.submit(images(20.0, 2), 2, Pooling::Pooler, 8, flag()).expect("ok");
+        assert_eq!(decode(&a.wait(&|| false).expect("ok")), [0.0]);
+        assert_eq!(decode(&b.wait(&|| false).expect("ok")), [10.0, 11.0, 12.0]);
+        assert_eq!(decode(&c.wait(&|| false).expect("ok")), [20.0, 21.0]);
+        assert_eq!(*fake.calls.lock().expect("lock"), [1, 5]);
     }
 
     #[test]
     fn a_request_larger_than_the_batch_is_split() {
         let (r, fake) = start(usize::MAX, 0);
-        let a = r.submit(images(1.0, 7), 7, Pooling::Pooler, 3, flag()).unwrap();
-        assert_eq!(decode(&a.wait(&|| false).unwrap()), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
-        assert_eq!(*fake.calls.lock().unwrap(), [3, 3, 1]);
+        let a = r.submit(images(1.0, 7), 7, Pooling::Pooler, 3, flag()).expect("ok");
+        assert_eq!(decode(&a.wait(&|| false).expect("ok")), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(*fake.calls.lock().expect("lock"), [3, 3, 1]);
     }
 
     #[test]
     fn out_of_memory_halves_the_batch_and_keeps_every_row() {
         let (r, fake) = start(2, 0);
-        let a = r.submit(images(1.0, 7), 7, Pooling::Pooler, 8, flag()).unwrap();
-        assert_eq!(decode(&a.wait(&|| false).unwrap()), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        let a = r.submit(images(1.0, 7), 7, Pooling::Pooler, 8, flag()).expect("ok");
+        assert_eq!(decode(&a.wait(&|| false).expect("ok")), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
         // 7 → OOM, limit 3 → OOM, limit 1 … then batches of one (the limit stays halved).
-        let calls = fake.calls.lock().unwrap().clone();
+        let calls = fake.calls.lock().expect("lock").clone();
         assert_eq!(&calls[..3], [7, 3, 1]);
         assert_eq!(calls[3..].iter().sum::<usize>(), 6);
         assert!(calls[3..].iter().all(|&n| n <= 2), "{calls:?}");
@@ -345,10 +345,10 @@ mod tests {
     #[test]
     fn out_of_memory_at_one_frame_fails_the_request() {
         let (r, _) = start(0, 0);
-        let a = r.submit(images(1.0, 4), 4, Pooling::Pooler, 4, flag()).unwrap();
+        let a = r.submit(images(1.0, 4), 4, Pooling::Pooler, 4, flag()).expect("ok");
         assert!(matches!(a.wait(&|| false), Err(WaitError::Model(RunError::OutOfMemory { .. }))));
         // The runner still serves later requests.
-        let b = r.submit(images(1.0, 1), 1, Pooling::Pooler, 4, flag()).unwrap();
+        let b = r.submit(images(1.0, 1), 1, Pooling::Pooler, 4, flag()).expect("ok");
         assert!(matches!(b.wait(&|| false), Err(WaitError::Model(RunError::OutOfMemory { .. }))));
     }
 
@@ -356,16 +356,16 @@ mod tests {
     fn a_stopped_request_is_dropped_within_one_batch() {
         let (r, fake) = start(usize::MAX, 100);
         let stop = flag();
-        let a = r.submit(images(0.0, 20), 20, Pooling::Pooler, 1, stop.clone()).unwrap();
+        let a = r.submit(images(0.0, 20), 20, Pooling::Pooler, 1, stop.clone()).expect("ok");
         let t = Instant::now();
         let s = stop.clone();
         let asked = move || t.elapsed() > Duration::from_millis(250) || s.load(Ordering::Relaxed);
         assert!(matches!(a.wait(&asked), Err(WaitError::Stopped)));
         std::thread::sleep(Duration::from_millis(250));
-        let n = fake.calls.lock().unwrap().len();
+        let n = fake.calls.lock().expect("lock").len();
         // About three batches before the stop, at most one more after it.
         assert!((2..=5).contains(&n), "{n} batches ran");
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(fake.calls.lock().unwrap().len(), n, "batches ran after the stop");
+        assert_eq!(fake.calls.lock().expect("lock").len(), n, "batches ran after the stop");
     }
 }
