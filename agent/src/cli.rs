@@ -168,13 +168,11 @@ async fn model_registry(
         return Ok((None, Vec::new()));
     }
     let settings = RunSettings {
-        bf16: false,
         oom_above: config.test_model_oom_above,
         delay: Duration::from_millis(config.test_model_delay_ms),
         observer: Some(Arc::new(metrics.clone())),
     };
-    let r = Registry::new(config.models_dir.clone(), &config.device, &config.precision, settings)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let r = Registry::new(config.models_dir.clone(), &config.device, settings).map_err(|e| anyhow::anyhow!(e))?;
     let names =
         if config.models.is_empty() { r.available().map_err(|e| anyhow::anyhow!(e))? } else { config.models.clone() };
     if names.is_empty() {
@@ -188,7 +186,6 @@ async fn model_registry(
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     tracing::info!(
         device = %r.device_name(),
-        precision = r.precision(),
         cuda_linked = crate::models::torch::cuda_linked(),
         cuda_devices = tch::Cuda::device_count(),
         models_dir = %config.models_dir.display(),

@@ -72,9 +72,6 @@ pub struct Config {
     /// Model device: `auto` (CUDA 0 when this build has CUDA, else CPU), `cpu` or `cuda:N`.
     #[arg(long, env = "DATAMINER_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Model precision: `auto` (bf16 on CUDA, f32 on CPU), `f32` or `bf16` (CUDA only).
-    #[arg(long, env = "DATAMINER_MODEL_PRECISION", default_value = "auto")]
-    pub precision: String,
     /// Threads per model task that read, decode and pre-process frames.
     #[arg(long, env = "DATAMINER_DECODE_THREADS", default_value_t = 2)]
     pub decode_threads: u32,
@@ -183,12 +180,6 @@ impl Config {
             && self.device.strip_prefix("cuda:").is_none_or(|n| n.parse::<u32>().is_err())
         {
             p.push(format!("device {:?} must be auto, cpu or cuda:N", self.device));
-        }
-        if !matches!(self.precision.as_str(), "auto" | "f32" | "bf16") {
-            p.push(format!("model precision {:?} must be auto, f32 or bf16", self.precision));
-        }
-        if self.precision == "bf16" && self.device == "cpu" {
-            p.push("model precision bf16 needs a CUDA device (CPU runs f32)".into());
         }
         if !(1..=64).contains(&self.decode_threads) {
             p.push("decode threads must be between 1 and 64".into());

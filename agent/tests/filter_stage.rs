@@ -66,7 +66,7 @@ fn context(root: &Path) -> StageContext {
     ])
     .expect("config");
     let mut ctx = StageContext::new(Arc::new(cfg), Guard::system(&[]), Metrics::new().expect("metrics"));
-    ctx.models = Some(Arc::new(Registry::new(models_dir(), "cpu", "auto", Default::default()).expect("registry")));
+    ctx.models = Some(Arc::new(Registry::new(models_dir(), "cpu", Default::default()).expect("registry")));
     ctx
 }
 

@@ -76,13 +76,13 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 fn load(name: &str) -> (Package, TorchRunner) {
     let p = Package::load(&models_dir(), name).unwrap_or_else(|e| panic!("{e}"));
-    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu"), false).unwrap_or_else(|e| panic!("{e}"));
+    let r = TorchRunner::load(&p, select_device("cpu").expect("cpu")).unwrap_or_else(|e| panic!("{e}"));
     (p, r)
 }
 
 /// The package's shared runner (a second copy of the model, on its own thread).
 fn shared(p: &Package) -> SharedRunner {
-    let r = TorchRunner::load(p, select_device("cpu").expect("cpu"), false).unwrap_or_else(|e| panic!("{e}"));
+    let r = TorchRunner::load(p, select_device("cpu").expect("cpu")).unwrap_or_else(|e| panic!("{e}"));
     let per = 3 * p.manifest.image.height as usize * p.manifest.image.width as usize;
     SharedRunner::start(&p.manifest.name, std::sync::Arc::new(r), per, None).expect("runner thread")
 }

@@ -15,8 +15,11 @@ Modes:
   --oracle meancolour|thumbnail
   --ci-packages                                             the four CI packages in one go
 
-Every tower is traced with torch.jit.trace on CPU in float32 with a batch of 2 and checked
-against eager outputs for batches of 1 and 5 (dynamic batch). Nothing here touches the network.
+Every tower is traced with torch.jit.trace on CPU with a batch of 2 and checked against eager
+outputs for batches of 1 and 5 (dynamic batch). Nothing here touches the network.
+--dtype bfloat16 (SigLIP2/DINO): the weights are bfloat16 and each tower casts its float32
+input to bfloat16 and its outputs back to float32 inside the traced graph, so a package's I/O is
+float32 whatever it computes in (GPU agents: bf16 packages; CPU agents and CI: float32).
 """
 
 from __future__ import annotations
@@ -251,6 +254,38 @@ def _as_tuple(out):
     return out if isinstance(out, tuple) else (out,)
 
 
+# The dtype SigLIP2/DINO towers compute in (--dtype); packages' inputs and outputs stay float32.
+COMPUTE_DTYPE = torch.float32
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class Compute(nn.Module):
+    """Runs `inner` in `dtype`: float inputs are cast to it, outputs back to float32, inside the
+    traced graph (a traced model cannot be cast afterwards: transformers' embeddings record the
+    weights' dtype as a constant)."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner = inner.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor):
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        out = self.inner(x)
+        if isinstance(out, tuple):
+            return tuple(o.float() for o in out)
+        return out.float()
+
+
+def in_compute_dtype(tower: nn.Module) -> nn.Module:
+    return tower if COMPUTE_DTYPE == torch.float32 else Compute(tower, COMPUTE_DTYPE).eval()
+
+
+def dtype_name() -> str:
+    return next(k for k, v in DTYPE_NAMES.items() if v == COMPUTE_DTYPE)
+
+
 def trace_checked(module: nn.Module, make_input, name: str) -> torch.jit.ScriptModule:
     """Trace with B=2, then check the traced module against eager for B=1 and B=5."""
     module = module.eval()
@@ -266,7 +301,9 @@ def trace_checked(module: nn.Module, make_input, name: str) -> torch.jit.ScriptM
                 if w.shape != g.shape or g.shape[0] != b:
                     raise SystemExit(f"{name}: batch {b}: traced shape {tuple(g.shape)} != eager {tuple(w.shape)}")
                 err = (w - g).abs().max().item()
-                tol = 1e-4 * max(1.0, w.abs().max().item())
+                # bfloat16 keeps 8 bits of mantissa: traced and eager may round differently.
+                rel = 1e-4 if COMPUTE_DTYPE == torch.float32 else 3e-2
+                tol = rel * max(1.0, w.abs().max().item())
                 if not err <= tol:
                     raise SystemExit(f"{name}: batch {b}: traced differs from eager by {err}")
     return traced
@@ -524,8 +561,8 @@ def encode_prompt(tok, prompt: str, length: int, pad_id: int) -> list[int]:
 
 def export_siglip(out: Path, name: str, model, tok, pad_id, length, prep, source: str, calibrate: bool):
     t0 = time.time()
-    image_tower = SiglipImageTower(model.vision_model).eval()
-    text_tower = SiglipTextTower(model.text_model).eval()
+    image_tower = in_compute_dtype(SiglipImageTower(model.vision_model).eval())
+    text_tower = in_compute_dtype(SiglipTextTower(model.text_model).eval())
     h, w = prep["height"], prep["width"]
     vocab = model.config.text_config.vocab_size
     ti = trace_checked(image_tower, pixel_input(h, w, prep["mean"], prep["std"]), f"{name}/image.pt")
@@ -547,7 +584,7 @@ def export_siglip(out: Path, name: str, model, tok, pad_id, length, prep, source
         {
             "kind": "image-text-scorer",
             "source": source,
-            "dtype": "float32",
+            "dtype": dtype_name(),
             "image": image_block(h, w, prep["resample"], prep["mean"], prep["std"]),
             "text": {"length": int(length), "pad_id": int(pad_id), "lowercase": True, "tokenizer": "tokenizer.json"},
             "logit_scale": float(logit_scale),
@@ -633,7 +670,7 @@ def export_dino(out: Path, name: str, kind: str, model, prep, source: str):
     t0 = time.time()
     h, w = prep["height"], prep["width"]
     tower = Dinov2Tower(model) if kind == "dinov2" else Dinov3Tower(model, h, w)
-    tower.eval()
+    tower = in_compute_dtype(tower.eval())
     traced = trace_checked(tower, pixel_input(h, w, prep["mean"], prep["std"]), f"{name}/image.pt")
     with torch.no_grad():
         pooled, _ = tower(pixel_input(h, w, prep["mean"], prep["std"])(1))
@@ -643,7 +680,7 @@ def export_dino(out: Path, name: str, kind: str, model, prep, source: str):
         {
             "kind": "image-embedder",
             "source": source,
-            "dtype": "float32",
+            "dtype": dtype_name(),
             "image": image_block(h, w, prep["resample"], prep["mean"], prep["std"]),
             "embedding_dim": int(pooled.shape[-1]),
         }
@@ -799,7 +836,7 @@ def export_thumbnail(out: Path, name: str):
 
 # --------------------------------------------------------------------------------------------
 
-CI_PACKAGES = ["siglip2-tiny", "dinov2-tiny", "meancolour", "thumbnail"]
+CI_PACKAGES = ["siglip2-tiny", "dinov2-tiny", "dinov2-tiny-bf16", "meancolour", "thumbnail"]
 
 
 def report(path: Path, t0: float):
@@ -836,6 +873,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=["tiny", "mid", "full"], default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="float32",
+                    help="what SigLIP2/DINO towers compute in (I/O stays float32); bfloat16 for GPU agents")
     args = ap.parse_args(argv)
     # As the wire's model names: agents advertise `model:<name>` in a 64-character capability tag.
     if args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,57}", args.name):
@@ -843,10 +882,16 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    global COMPUTE_DTYPE
+    COMPUTE_DTYPE = DTYPE_NAMES[args.dtype]
 
     if args.ci_packages:
         export_random(args.out, "siglip2-tiny", "siglip2", "tiny", args.seed)
         export_random(args.out, "dinov2-tiny", "dinov2", "tiny", args.seed)
+        # The same weights computing in bfloat16, as GPU agents run them.
+        COMPUTE_DTYPE = torch.bfloat16
+        export_random(args.out, "dinov2-tiny-bf16", "dinov2", "tiny", args.seed)
+        COMPUTE_DTYPE = DTYPE_NAMES[args.dtype]
         export_meancolour(args.out, "meancolour")
         export_thumbnail(args.out, "thumbnail")
         return 0

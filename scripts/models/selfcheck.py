@@ -35,6 +35,7 @@ import reference  # noqa: E402
 CI_PACKAGES = {
     "siglip2-tiny": "image-text-scorer",
     "dinov2-tiny": "image-embedder",
+    "dinov2-tiny-bf16": "image-embedder",
     "meancolour": "image-text-scorer",
     "thumbnail": "image-embedder",
 }
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
                 src.startswith("random-init seed ") or src.startswith("checkpoint ") or src.startswith("oracle "),
                 f"source {src!r}",
             )
-            expect(m["dtype"] == "float32", "dtype")
+            expect(m["dtype"] == ("bfloat16" if name.endswith("-bf16") else "float32"), f"dtype {m['dtype']}")
             im = m["image"]
             expect(set(im) == {"height", "width", "resize", "resample", "rescale", "mean", "std"}, f"image keys {sorted(im)}")
             expect(im["resize"] == "squash" and im["resample"] in ("bilinear", "bicubic"), "resize/resample")

@@ -116,8 +116,9 @@ impl Manifest {
         if self.format != FORMAT {
             p.push(format!("format {} is not {FORMAT}", self.format));
         }
-        if self.dtype != "float32" {
-            p.push(format!("dtype {:?} is not float32", self.dtype));
+        // What the towers compute in; their inputs and outputs are float32 either way.
+        if !matches!(self.dtype.as_str(), "float32" | "bfloat16") {
+            p.push(format!("dtype {:?} is not float32 or bfloat16", self.dtype));
         }
         if self.image.resize != "squash" {
             p.push(format!("image.resize {:?} is not \"squash\"", self.image.resize));

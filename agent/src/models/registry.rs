@@ -83,8 +83,6 @@ pub enum PromptError {
 /// How packages run on this agent.
 #[derive(Clone, Default)]
 pub struct RunSettings {
-    /// Run in bfloat16 (CUDA only).
-    pub bf16: bool,
     /// Test hooks (hidden settings): out of memory above this many frames, delay per batch.
     pub oom_above: Option<usize>,
     pub delay: Duration,
@@ -93,7 +91,7 @@ pub struct RunSettings {
 
 impl std::fmt::Debug for RunSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunSettings").field("bf16", &self.bf16).finish()
+        f.debug_struct("RunSettings").field("oom_above", &self.oom_above).field("delay", &self.delay).finish()
     }
 }
 
@@ -117,40 +115,17 @@ pub struct KeptCache {
 }
 
 impl Registry {
-    /// Chooses the device now, so an impossible setting (`cuda` without CUDA, `bf16` on
-    /// CPU) stops the agent at start rather than failing every task. `precision`: `auto`
-    /// (bf16 on CUDA), `f32` or `bf16`.
-    pub fn new(dir: PathBuf, device: &str, precision: &str, settings: RunSettings) -> Result<Registry, String> {
+    /// Chooses the device now, so an impossible setting (`cuda` without CUDA) stops the
+    /// agent at start rather than failing every task.
+    pub fn new(dir: PathBuf, device: &str, settings: RunSettings) -> Result<Registry, String> {
         let device = select_device(device)?;
-        let cuda = matches!(device, tch::Device::Cuda(_));
-        let bf16 = match precision {
-            "auto" => cuda,
-            "f32" => false,
-            "bf16" if cuda => true,
-            "bf16" => return Err("model precision bf16 needs a CUDA device".into()),
-            p => return Err(format!("model precision {p:?} is not auto, f32 or bf16")),
-        };
-        Ok(Registry {
-            dir,
-            device,
-            settings: RunSettings { bf16, ..settings },
-            loaded: Mutex::new(HashMap::new()),
-            kept: Mutex::new(HashMap::new()),
-        })
+        Ok(Registry { dir, device, settings, loaded: Mutex::new(HashMap::new()), kept: Mutex::new(HashMap::new()) })
     }
 
     pub fn device_name(&self) -> String {
         match self.device {
             tch::Device::Cuda(n) => format!("cuda:{n}"),
             _ => "cpu".into(),
-        }
-    }
-
-    pub fn precision(&self) -> &'static str {
-        if self.settings.bf16 {
-            "bf16"
-        } else {
-            "f32"
         }
     }
 
@@ -189,7 +164,10 @@ impl Registry {
             return Ok(l.clone());
         }
         let package = Package::load(&self.dir, name).map_err(|e| e.to_string())?;
-        let runner = Arc::new(TorchRunner::load(&package, self.device, self.settings.bf16)?);
+        let runner = Arc::new(TorchRunner::load(&package, self.device)?);
+        if package.manifest.dtype == "bfloat16" && !matches!(self.device, tch::Device::Cuda(_)) {
+            tracing::warn!(model = name, "a bfloat16 package on the CPU: slower than its float32 export");
+        }
         let tokenizer = match &package.manifest.text {
             Some(t) => Some(PromptTokenizer::load(&package.dir, t)?),
             None => None,

@@ -1,6 +1,7 @@
 //! The libtorch backend (`models` feature): a package's TorchScript towers loaded with `tch`
-//! on the chosen device, run without autograd, in f32 or (CUDA) with the weights and inputs
-//! cast to bfloat16. The agent's build script force-links `libtorch_cuda` when the libtorch it
+//! on the chosen device, run without autograd. Inputs and outputs are float32; a package
+//! exported with `--dtype bfloat16` (for GPU agents) casts to bfloat16 inside its graph, since
+//! a traced transformers model cannot be cast afterwards. The agent's build script force-links `libtorch_cuda` when the libtorch it
 //! builds against has it (`-Wl,--no-as-needed`, see `agent/build.rs`), otherwise CUDA would be
 //! silently absent; [`select_device`] refuses `cuda` without it instead of falling back.
 
@@ -63,8 +64,6 @@ pub struct TorchRunner {
     width: i64,
     text_len: i64,
     device: Device,
-    /// The dtype inputs are cast to (the weights' dtype).
-    input_kind: Kind,
     image: CModule,
     text: Option<CModule>,
 }
@@ -89,17 +88,13 @@ fn matrix(model: &str, t: &Tensor) -> Result<Matrix, RunError> {
 }
 
 impl TorchRunner {
-    /// Loads a verified package's towers on `device`, in bfloat16 when `bf16`.
-    pub fn load(package: &Package, device: Device, bf16: bool) -> Result<TorchRunner, String> {
+    /// Loads a verified package's towers on `device`.
+    pub fn load(package: &Package, device: Device) -> Result<TorchRunner, String> {
         let m = &package.manifest;
-        let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
         let load = |f: &str| {
             let mut module = CModule::load_on_device(package.dir.join(f), device)
                 .map_err(|e| format!("model package {}: cannot load {f}: {e}", m.name))?;
             module.set_eval();
-            if bf16 {
-                module.to(device, kind, false);
-            }
             Ok::<_, String>(module)
         };
         let image = load("image.pt")?;
@@ -114,7 +109,6 @@ impl TorchRunner {
             width: i64::from(m.image.width),
             text_len: m.text.as_ref().map_or(0, |t| t.length as i64),
             device,
-            input_kind: kind,
             image,
             text,
         })
@@ -128,10 +122,7 @@ impl ModelRunner for TorchRunner {
 
     fn image(&self, pixels: &[f32], n: usize) -> Result<ImageOutput, RunError> {
         let _guard = tch::no_grad_guard();
-        let x = Tensor::from_slice(pixels)
-            .view([n as i64, 3, self.height, self.width])
-            .to_device(self.device)
-            .to_kind(self.input_kind);
+        let x = Tensor::from_slice(pixels).view([n as i64, 3, self.height, self.width]).to_device(self.device);
         let out = self.image.forward_is(&[IValue::Tensor(x)]).map_err(|e| failed(&self.name, e))?;
         match (self.kind, out) {
             (manifest::Kind::ImageTextScorer, IValue::Tensor(t)) => Ok(ImageOutput::Features(matrix(&self.name, &t)?)),

@@ -42,9 +42,6 @@ struct Args {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Run in bfloat16 (CUDA).
-    #[arg(long)]
-    bf16: bool,
 }
 
 #[derive(Default)]
@@ -76,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let name = a.package.file_name().and_then(|n| n.to_str()).context("package name")?;
     let package = Package::load(dir, name).map_err(|e| anyhow::anyhow!("{e}"))?;
     let device = select_device(&a.device).map_err(|e| anyhow::anyhow!(e))?;
-    let runner = Arc::new(TorchRunner::load(&package, device, a.bf16).map_err(|e| anyhow::anyhow!(e))?);
+    let runner = Arc::new(TorchRunner::load(&package, device).map_err(|e| anyhow::anyhow!(e))?);
     let per = 3 * package.manifest.image.height as usize * package.manifest.image.width as usize;
     let timer = Arc::new(ModelTime::default());
     let shared = SharedRunner::start(name, runner, per, Some(timer.clone()))?;
@@ -112,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         "threads": a.threads,
         "decode_threads": a.decode_threads,
         "device": a.device,
-        "bf16": a.bf16,
+        "dtype": package.manifest.dtype,
         "wall_s": wall,
         "frames_per_s": n as f64 / wall,
         "decode_s": decode.as_secs_f64(),
