@@ -104,6 +104,10 @@ pub async fn start_agent(cp: &str, data_root: &Path, name: &str, extra: &[(&str,
         .stderr(out)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    // A `models` build of the agent finds libtorch through it (scripts/models/setup.sh).
+    if let Ok(ld) = std::env::var("LD_LIBRARY_PATH") {
+        cmd.env("LD_LIBRARY_PATH", ld);
+    }
     for (k, v) in extra {
         cmd.env(k, v);
     }

@@ -117,6 +117,49 @@ impl KeptSet {
         &self.rows[i * self.dim..(i + 1) * self.dim]
     }
 
+    /// Keeps the first `len` entries (drops what a dedup appended, so a cache can be reused
+    /// without copying it).
+    pub fn truncate(&mut self, len: usize) {
+        self.rows.truncate(len * self.dim);
+        self.refs.truncate(len);
+    }
+
+    /// For each embedding, the most similar of rows `..upto` and the cosine: the same result
+    /// as [`KeptSet::most_similar`] per embedding, computed in blocks of embeddings so each kept
+    /// row is read from memory once per block instead of once per embedding, with the blocks
+    /// shared among the available cores.
+    fn most_similar_many(&self, es: &[&[f32]], upto: usize) -> Vec<Option<((i64, i64), f32)>> {
+        const BLOCK: usize = 32;
+        let one = |block: &[&[f32]]| -> Vec<Option<(usize, f32)>> {
+            let mut best: Vec<Option<(usize, f32)>> = vec![None; block.len()];
+            for i in 0..upto {
+                let row = self.row(i);
+                for (b, e) in best.iter_mut().zip(block) {
+                    let s = dot(e, row);
+                    if b.is_none_or(|(_, v)| s > v) {
+                        *b = Some((i, s));
+                    }
+                }
+            }
+            best
+        };
+        let blocks: Vec<&[&[f32]]> = es.chunks(BLOCK).collect();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blocks.len()).max(1);
+        let per = blocks.len().div_ceil(workers).max(1);
+        let found: Vec<Option<(usize, f32)>> = if workers == 1 || upto * es.len() < 1 << 16 {
+            blocks.iter().flat_map(|b| one(b)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = blocks
+                    .chunks(per)
+                    .map(|group| scope.spawn(move || group.iter().flat_map(|b| one(b)).collect::<Vec<_>>()))
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            })
+        };
+        found.into_iter().map(|b| b.map(|(i, s)| (self.refs[i], s))).collect()
+    }
+
     /// The most similar kept frame and the cosine (rows are normalised), over rows `from..`.
     fn most_similar(&self, e: &[f32], from: usize) -> Option<((i64, i64), f32)> {
         let mut best: Option<(usize, f32)> = None;
@@ -149,12 +192,13 @@ pub fn dedup_video(
 ) -> Result<Vec<DedupVerdict>, String> {
     let prior = kept.len();
     // Against the prior kept set: independent per frame (the expensive, parallel part).
-    let mut against_prior = Vec::with_capacity(frames.len());
-    for (_, e) in frames {
-        if e.len() != kept.dim() {
-            return Err(format!("embedding of length {} in a kept set of dimension {}", e.len(), kept.dim()));
-        }
-        against_prior.push(kept.most_similar(e, 0).filter(|_| prior > 0));
+    if let Some((_, e)) = frames.iter().find(|(_, e)| e.len() != kept.dim()) {
+        return Err(format!("embedding of length {} in a kept set of dimension {}", e.len(), kept.dim()));
+    }
+    let es: Vec<&[f32]> = frames.iter().map(|(_, e)| e.as_slice()).collect();
+    let against_prior = kept.most_similar_many(&es, prior);
+    if against_prior.len() != frames.len() {
+        return Err("a dedup worker failed".into());
     }
     // Then in frame order against this video's own kept frames.
     let mut out = Vec::with_capacity(frames.len());
@@ -254,6 +298,36 @@ mod tests {
         let mut kept = KeptSet::new(3);
         assert!(kept.push((1, 0), &[1.0, 0.0]).is_err());
         assert!(dedup_video(&mut kept, &[((1, 1), vec![1.0])], 0.9).is_err());
+    }
+
+    #[test]
+    fn blocked_search_equals_the_per_frame_scan() {
+        // Pseudo-random unit vectors (an LCG), enough of them for the threaded path, with a
+        // few exact repeats so ties and duplicates occur.
+        let mut x = 12345u64;
+        let mut next = move || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let dim = 24;
+        let mut kept = KeptSet::new(dim);
+        for i in 0..400 {
+            kept.push((1, i), &unit(&(0..dim).map(|_| next()).collect::<Vec<_>>())).expect("push");
+        }
+        let mut es: Vec<Vec<f32>> = (0..250).map(|_| unit(&(0..dim).map(|_| next()).collect::<Vec<_>>())).collect();
+        es[7] = kept.row(3).to_vec();
+        es[100] = kept.row(399).to_vec();
+        let refs: Vec<&[f32]> = es.iter().map(|e| e.as_slice()).collect();
+        let many = kept.most_similar_many(&refs, kept.len());
+        let one: Vec<_> = es.iter().map(|e| kept.most_similar(e, 0)).collect();
+        assert_eq!(many, one);
+        assert_eq!(many[7].map(|m| m.0), Some((1, 3)));
+        // A prefix of the set, and truncation back to it.
+        let prefix = kept.most_similar_many(&refs[..5], 10);
+        let mut short = kept.clone();
+        short.truncate(10);
+        assert_eq!(short.len(), 10);
+        assert_eq!(prefix, refs[..5].iter().map(|e| short.most_similar(e, 0)).collect::<Vec<_>>());
     }
 
     #[test]

@@ -46,8 +46,10 @@ pub async fn run(
         return Err(TaskError::fatal(format!("model {} is not an image embedder", cfg.model)));
     }
     let digest = loaded.package.digest.clone();
-    // The kept set up to the recorded position: the cached part plus the pages it lacks.
-    let cached = registry.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&project).cloned();
+    // The kept set up to the recorded position: the cached part plus the pages it lacks. The
+    // cache is taken out (not copied: it can be hundreds of MB) and put back after the run;
+    // a project's dedup tasks run one at a time.
+    let cached = registry.kept.lock().unwrap_or_else(|p| p.into_inner()).remove(&project);
     let mut kept = match cached {
         Some(c) if c.digest == digest && c.upto <= input.kept_seq_upto => c,
         _ => KeptCache { upto: 0, digest: digest.clone(), set: KeptSet::new(loaded.package.manifest.embedding_dim) },
@@ -86,7 +88,6 @@ pub async fn run(
     let (root, out_dir, output_dir) =
         (ctx.config.data_root.clone(), attempt_dir.to_path_buf(), task.attempt_dir.clone());
     let (metrics, decode_threads) = (ctx.metrics.clone(), ctx.config.decode_threads as usize);
-    let prior = kept.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(StageResult, KeptCache), TaskError> {
         let refs: Vec<FrameRef> =
             frames.iter().map(|f| FrameRef { index: f.frame_index as u32, path: f.path.clone() }).collect();
@@ -122,7 +123,8 @@ pub async fn run(
             })?;
             rows.push(((video_id, f.frame_index), e));
         }
-        let mut after = prior;
+        let mut after = kept;
+        let prior_len = after.set.len();
         let verdicts = dedup_video(&mut after.set, &rows, cfg.threshold).map_err(TaskError::fatal)?;
         let mut decisions = Vec::with_capacity(verdicts.len());
         let (mut kept_rows, mut kept_idx) = (Vec::new(), Vec::new());
@@ -161,13 +163,14 @@ pub async fn run(
             decisions,
             model_digest: after.digest.clone(),
         };
+        // Cache the kept set as read, without this video: its entry joins the kept set only
+        // if the control plane accepts this completion, and the next task will page it.
+        after.set.truncate(prior_len);
         Ok((result, after))
     })
     .await
     .map_err(|e| TaskError::retryable(format!("dedup worker panicked: {e}")))??;
-    // Cache the kept set as read (not with this video: its entry joins the kept set only if
-    // the control plane accepts this completion, and the next task will page it).
-    registry.kept.lock().unwrap_or_else(|p| p.into_inner()).insert(project, kept);
+    registry.kept.lock().unwrap_or_else(|p| p.into_inner()).insert(project, result.1);
     Ok(result.0)
 }
 

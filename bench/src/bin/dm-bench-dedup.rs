@@ -2,8 +2,9 @@
 //! L2-normalised embeddings (sizes × dimensions), the median over runs of
 //! - `dedup`: one `dedup_video` call — a video's filter-kept frames against the kept set, the
 //!   exact comparison the agent's dedup stage makes (`agent/src/models/rules.rs`);
-//! - `clone`: one `KeptSet::clone` (the dedup stage copies the cached kept set into the task
-//!   and again into the worker: two per video);
+//! - `clone`: one `KeptSet::clone`, for scale: what copying the set would cost (the dedup
+//!   stage no longer copies it; it takes the cached set out of the registry and truncates it
+//!   back after the run);
 //! - `load`: what an agent with an empty cache does before its first dedup of the project —
 //!   read every kept entry's `embeddings.npy` (rows × dim) and `kept.json`, decode, append —
 //!   with the files in the page cache (`load`) and evicted from it first (`load cold`,
