@@ -12,7 +12,11 @@ use serde_json::json;
 
 use crate::harness::env;
 
-both!(filter_mines_the_red_frames, dedup_drops_a_second_videos_repeated_frames);
+both!(
+    filter_mines_the_red_frames,
+    dedup_drops_a_second_videos_repeated_frames,
+    dedup_drops_a_shared_scene_and_keeps_a_near_one
+);
 
 /// An agent of the `models` build serving `stages` with the CI packages on the CPU.
 pub async fn model_agent(e: &crate::harness::Env, name: &str, stages: &str) -> crate::harness::Agent {
@@ -169,5 +173,54 @@ async fn dedup_drops_a_second_videos_repeated_frames(db: Db) {
             assert!(f.similarity.is_some_and(|s| s >= 0.9), "{f:?}");
         }
     }
+    e.app.stop().await;
+}
+
+/// Two videos sharing a scene, the second submitted once the first is deduplicated: the
+/// shared red shot is dropped naming the first video's kept frame, while a red shot of another
+/// layout (the same colour for the filter, below the cosine threshold for the embedder) is
+/// kept. Frames (one per second): shots-a = red box top-left ×2, lime ×2, red box bottom-right
+/// ×2; shots-b = blue ×2, red box top-left ×2, red box centre ×2.
+async fn dedup_drops_a_shared_scene_and_keeps_a_near_one(db: Db) {
+    let e = env(db, |_| {}).await;
+    let agent = model_agent(&e, "m3", "download,extract,filter,dedup").await;
+    let body = json!({"name": "s", "config": {"extract": {"interval_frames": 10},
+        "filter": {"model": "meancolour", "positive_prompts": ["red"], "threshold": 0.5},
+        "dedup": {"model": "thumbnail", "threshold": 0.9}}});
+    create_project(&e, body).await;
+    let busy = [
+        ProjectVideoState::Pending,
+        ProjectVideoState::Filtering,
+        ProjectVideoState::Filtered,
+        ProjectVideoState::Deduping,
+    ];
+    let a = e.submit(&[e.media.url("shots-a.mp4")], "s").await[0].id;
+    let pa = wait_pv(&e, a, "s", &busy, &[&agent]).await;
+    assert_eq!(
+        (pa.state, pa.frames_filtered, pa.frames_deduped),
+        (ProjectVideoState::Deduped, Some(4), Some(2)),
+        "{pa:?}"
+    );
+    let b = e.submit(&[e.media.url("shots-b.mp4")], "s").await[0].id;
+    let pb = wait_pv(&e, b, "s", &busy, &[&agent]).await;
+    assert_eq!(
+        (pb.state, pb.frames_filtered, pb.frames_deduped),
+        (ProjectVideoState::Deduped, Some(4), Some(1)),
+        "{pb:?}"
+    );
+    let kept = frames(&e, "s", "state=kept").await;
+    let kept: Vec<(i64, i64)> = kept.items.iter().map(|f| (f.video_id, f.frame_index)).collect();
+    assert_eq!(kept, [(a, 1), (a, 5), (b, 5)]);
+    let dups = frames(&e, "s", "state=duplicate").await;
+    let dups: Vec<((i64, i64), (i64, i64))> = dups
+        .items
+        .iter()
+        .map(|f| {
+            assert!(f.similarity.is_some_and(|s| s >= 0.9), "{f:?}");
+            let of = f.duplicate_of.expect("duplicate_of");
+            ((f.video_id, f.frame_index), (of.video_id, of.frame_index))
+        })
+        .collect();
+    assert_eq!(dups, [((a, 2), (a, 1)), ((a, 6), (a, 5)), ((b, 3), (a, 1)), ((b, 4), (a, 1)), ((b, 6), (b, 5))]);
     e.app.stop().await;
 }

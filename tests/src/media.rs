@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Bump when a recipe changes, so a stale set is not reused.
-const RECIPES: u32 = 6;
+const RECIPES: u32 = 7;
 
 /// Directory holding every fixture, generated once per machine and recipe version (into a
 /// private directory renamed into place, so concurrent test processes never see half a set).
@@ -60,6 +60,25 @@ fn generate(d: &Path) {
         "colours.mp4",
         "color=c=red:size=64x48:rate=10:duration=1[a];color=c=blue:size=64x48:rate=10:duration=1[b];\
          color=c=red:size=64x48:rate=10:duration=1[c];[a][b][c]concat=n=3:v=1:a=0",
+        &[],
+    );
+    // Shots for dedup, 10 fps, 2 s each, 160x120: a red shot is red with a dark-red
+    // (200,0,0) 80x60 box (mean colour near red for the meancolour oracle; the box's place is
+    // what the thumbnail embedder sees). shots-a: red box top-left, lime, red box bottom-right.
+    // shots-b: blue, the top-left red shot again (a shared scene), red box in the centre.
+    let shot = |c: &str, boxed: Option<(u32, u32)>, label: &str| {
+        let b = boxed.map(|(x, y)| format!(",drawbox=x={x}:y={y}:w=80:h=60:color=0xC80000:t=fill")).unwrap_or_default();
+        format!("color=c={c}:size=160x120:rate=10:duration=2{b}[{label}]")
+    };
+    let three = |a: String, b: String, c: String| format!("{a};{b};{c};[a][b][c]concat=n=3:v=1:a=0");
+    video(
+        "shots-a.mp4",
+        &three(shot("red", Some((0, 0)), "a"), shot("lime", None, "b"), shot("red", Some((80, 60)), "c")),
+        &[],
+    );
+    video(
+        "shots-b.mp4",
+        &three(shot("blue", None, "a"), shot("red", Some((0, 0)), "b"), shot("red", Some((40, 30)), "c")),
         &[],
     );
     // 25 fps, 2 s: 50 frames, pts k/25.

@@ -157,8 +157,8 @@ impl Drop for StopOnDrop {
 
 impl BatchRun<'_> {
     /// Runs the image tower over `frames`, returning each frame's normalised output (scorer
-    /// features, or the embedder output `pooling` picks). A batch is decoded while the one
-    /// before it runs (at most two in memory). `stop` is polled between batches and while
+    /// features, or the embedder output `pooling` picks). When the runner overlaps, a batch is
+    /// decoded while the one before it runs (at most two in memory). `stop` is polled between batches and while
     /// waiting; `done(frames so far)` is called after each batch.
     pub fn image_features(
         &self,
@@ -211,7 +211,8 @@ impl BatchRun<'_> {
                 Some(self.runner.submit(pixels, n, self.pooling, self.batch_size, stopped.0.clone())?)
             };
             in_flight.push_back((ticket, ok));
-            while in_flight.len() > 1 {
+            let ahead = usize::from(self.runner.overlaps());
+            while in_flight.len() > ahead {
                 if let Some((t, ok)) = in_flight.pop_front() {
                     collect(t, ok, &mut out)?;
                 }

@@ -179,8 +179,11 @@ impl Registry {
             runner.clone()
         };
         let per = 3 * package.manifest.image.height as usize * package.manifest.image.width as usize;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let overlap = matches!(self.device, tch::Device::Cuda(_)) || cores > tch::get_num_threads().max(1) as usize;
         let shared = SharedRunner::start(name, image_runner, per, s.observer.clone())
-            .map_err(|e| format!("model package {name}: cannot start its runner thread: {e}"))?;
+            .map_err(|e| format!("model package {name}: cannot start its runner thread: {e}"))?
+            .with_overlap(overlap);
         let l = Arc::new(Loaded { package, runner, shared, tokenizer, texts: Mutex::new(HashMap::new()) });
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         // Two tasks may have loaded it at once: keep the first.

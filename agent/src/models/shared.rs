@@ -45,6 +45,7 @@ struct Pending {
 pub struct SharedRunner {
     name: String,
     device: String,
+    overlap: bool,
     tx: mpsc::Sender<Job>,
 }
 
@@ -107,11 +108,25 @@ impl SharedRunner {
         std::thread::Builder::new()
             .name(format!("model-{}", name.chars().take(9).collect::<String>()))
             .spawn(move || serve(&model, runner.as_ref(), per_image, observer.as_deref(), rx))?;
-        Ok(SharedRunner { name: name.to_string(), device, tx })
+        Ok(SharedRunner { name: name.to_string(), device, overlap: true, tx })
     }
 
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// Whether tasks should decode their next batch while this runner runs the current one:
+    /// only worth it when a core is free for the decoding (the model on a GPU, or fewer model
+    /// threads than cores); on a CPU the model already saturates, a concurrent decode only
+    /// stalls the model's threads at their barriers.
+    pub fn overlaps(&self) -> bool {
+        self.overlap
+    }
+
+    /// Sets [`SharedRunner::overlaps`] (default: true).
+    pub fn with_overlap(mut self, overlap: bool) -> Self {
+        self.overlap = overlap;
+        self
     }
 
     /// Queues `n` images (planar, `per_image` floats each) of one task; `stopped` is the

@@ -39,6 +39,10 @@ struct Args {
     /// Passes over the frames (after one warm-up pass).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Decode the next batch while the model runs: auto (as the agent: on a GPU, or with more
+    /// cores than libtorch threads), on or off.
+    #[arg(long, default_value = "auto")]
+    overlap: String,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -76,7 +80,13 @@ fn main() -> anyhow::Result<()> {
     let runner = Arc::new(TorchRunner::load(&package, device).map_err(|e| anyhow::anyhow!(e))?);
     let per = 3 * package.manifest.image.height as usize * package.manifest.image.width as usize;
     let timer = Arc::new(ModelTime::default());
-    let shared = SharedRunner::start(name, runner, per, Some(timer.clone()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let overlap = match a.overlap.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => matches!(device, tch::Device::Cuda(_)) || cores > a.threads.max(1) as usize,
+    };
+    let shared = SharedRunner::start(name, runner, per, Some(timer.clone()))?.with_overlap(overlap);
     let m: Manifest = serde_json::from_slice(&std::fs::read(&a.frames)?)?;
     let frames: Vec<FrameRef> = m.frames.into_iter().map(|f| FrameRef { index: f.index, path: f.path }).collect();
     let run = BatchRun {
@@ -108,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         "batch_size": a.batch_size,
         "threads": a.threads,
         "decode_threads": a.decode_threads,
+        "overlap": overlap,
         "device": a.device,
         "dtype": package.manifest.dtype,
         "wall_s": wall,
