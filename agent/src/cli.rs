@@ -64,6 +64,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     #[cfg(feature = "models")]
     {
         let (registry, served) = model_registry(&config, &metrics).await?;
+        if let Some(index) =
+            registry.as_ref().and_then(|r| r.device_name().strip_prefix("cuda:").and_then(|n| n.parse().ok()))
+        {
+            tokio::spawn(crate::device_memory::watch(index, metrics.clone(), shutdown.clone()));
+        }
         capabilities.extend(served.iter().map(|m| format!("model:{m}")));
         ctx.models = registry;
         ctx.control_plane = Some(client.clone());

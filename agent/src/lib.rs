@@ -8,6 +8,7 @@ pub mod children;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod device_memory;
 pub mod error;
 pub mod health;
 pub mod metrics;

@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Seconds spent reading, decoding and pre-processing frames, by stage.
     pub decode_seconds: CounterVec,
     pub data_root_free_bytes: IntGauge,
+    /// GPU memory (whole device, from nvidia-smi), by device.
+    pub device_memory_used: IntGaugeVec,
+    pub device_memory_total: IntGaugeVec,
     /// Set once at start: the data root whose free bytes each scrape reads.
     pub data_root: Arc<OnceLock<PathBuf>>,
 }
@@ -81,6 +84,16 @@ impl Metrics {
         )?;
         let data_root_free_bytes =
             IntGauge::new("dataminer_agent_data_root_free_bytes", "Free bytes on the data root's filesystem")?;
+        let device_memory_used = IntGaugeVec::new(
+            Opts::new("dataminer_agent_device_memory_used_bytes", "GPU memory in use on the model device"),
+            &["device"],
+        )?;
+        let device_memory_total = IntGaugeVec::new(
+            Opts::new("dataminer_agent_device_memory_total_bytes", "GPU memory of the model device"),
+            &["device"],
+        )?;
+        registry.register(Box::new(device_memory_used.clone()))?;
+        registry.register(Box::new(device_memory_total.clone()))?;
         registry.register(Box::new(model_frames.clone()))?;
         registry.register(Box::new(model_batch_frames.clone()))?;
         registry.register(Box::new(model_seconds.clone()))?;
@@ -105,6 +118,8 @@ impl Metrics {
             model_seconds,
             decode_seconds,
             data_root_free_bytes,
+            device_memory_used,
+            device_memory_total,
             data_root: Arc::new(OnceLock::new()),
         })
     }
