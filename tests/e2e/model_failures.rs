@@ -215,7 +215,7 @@ async fn kill_9_mid_dedup_then_retry_keeps_the_kept_set(db: Db) {
         "filter": {"model": "meancolour", "positive_prompts": ["anything"], "threshold": 0.5},
         "dedup": {"model": "thumbnail", "threshold": 0.9, "batch_size": 1}}});
     create_project(&e, body).await;
-    let busy = [S::Pending, S::Filtering, S::Filtered, S::Deduping];
+    let busy = crate::models::DEDUP_BUSY;
     let mut first_agent = model_agent(&e, "a", "download,extract,filter,dedup").await;
     let v1 = e.submit(&[e.media.url("cfr10.mp4")], "d").await[0].id;
     let a = wait_pv(&e, v1, "d", &busy, &[&first_agent]).await;

@@ -18,6 +18,14 @@ both!(
     dedup_drops_a_shared_scene_and_keeps_a_near_one
 );
 
+/// The states a project-video passes before its dedup has finished.
+pub const DEDUP_BUSY: [ProjectVideoState; 4] = [
+    ProjectVideoState::Pending,
+    ProjectVideoState::Filtering,
+    ProjectVideoState::Filtered,
+    ProjectVideoState::Deduping,
+];
+
 /// An agent of the `models` build serving `stages` with the CI packages on the CPU.
 pub async fn model_agent(e: &crate::harness::Env, name: &str, stages: &str) -> crate::harness::Agent {
     model_agent_with(e, name, stages, &[]).await
@@ -87,26 +95,12 @@ async fn filter_mines_the_red_frames(db: Db) {
     // 10, 15 (blue), 20, 25 (red), i.e. manifest indices 1–6.
     let body = json!({"name": "p", "config": {"extract": {"interval_frames": 5},
         "filter": {"model": "meancolour", "positive_prompts": ["red"], "threshold": 0.5}}});
-    let r = e.app.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send");
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+    create_project(&e, body).await;
     let id = e.submit(&[e.media.url("colours.mp4")], "p").await[0].id;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pv = loop {
-        let d = e.app.video(id).await;
-        let pv = d.projects[0].clone();
-        if !matches!(pv.state, ProjectVideoState::Pending | ProjectVideoState::Filtering) {
-            break pv;
-        }
-        assert!(Instant::now() < deadline, "not filtered: {pv:?}\n{}", agent.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pv = wait_pv(&e, id, "p", &[ProjectVideoState::Pending, ProjectVideoState::Filtering], &[&agent]).await;
     assert_eq!(pv.state, ProjectVideoState::Filtered, "{pv:?}\n{}", agent.log_text());
     assert_eq!((pv.frames_in, pv.frames_filtered), (Some(6), Some(4)));
-    let page: FramePage = dataminer_tests::expect_json(
-        e.app.user(Method::GET, "/v1/projects/p/frames").send().await.expect("send"),
-        StatusCode::OK,
-    )
-    .await;
+    let page = frames(&e, "p", "").await;
     let indices: Vec<i64> = page.items.iter().map(|f| f.frame_index).collect();
     assert_eq!(indices, [1, 2, 5, 6]);
     assert!(page.items.iter().all(|f| f.pos_max > 0.5 && f.best_prompt == 0 && f.video_id == id));
@@ -124,44 +118,20 @@ async fn dedup_drops_a_second_videos_repeated_frames(db: Db) {
     let body = json!({"name": "d", "config": {"extract": {"interval_frames": 10},
         "filter": {"model": "meancolour", "positive_prompts": ["anything"], "threshold": 0.5},
         "dedup": {"model": "thumbnail", "threshold": 0.9}}});
-    let r = e.app.user(Method::POST, "/v1/projects").json(&body).send().await.expect("send");
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
-    let wait_deduped = |id: i64| {
-        let (app, log) = (&e.app, &agent);
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let pv = app.video(id).await.projects[0].clone();
-                if matches!(
-                    pv.state,
-                    ProjectVideoState::Deduped | ProjectVideoState::Complete | ProjectVideoState::Failed
-                ) {
-                    return pv;
-                }
-                assert!(Instant::now() < deadline, "not deduplicated: {pv:?}\n{}", log.log_text());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    let frames = |query: String| {
-        let app = &e.app;
-        async move {
-            let r = app.user(Method::GET, &format!("/v1/projects/d/frames?{query}")).send().await.expect("send");
-            dataminer_tests::expect_json::<FramePage>(r, StatusCode::OK).await
-        }
-    };
+    create_project(&e, body).await;
+    let busy = DEDUP_BUSY;
     let first = e.submit(&[e.media.url("cfr10.mp4")], "d").await[0].id;
-    let a = wait_deduped(first).await;
+    let a = wait_pv(&e, first, "d", &busy, &[&agent]).await;
     assert_eq!(a.state, ProjectVideoState::Deduped, "{a:?}\n{}", agent.log_text());
     assert_eq!((a.frames_filtered, a.kept_seq), (Some(3), Some(1)));
     let copy = format!("http://localhost:{}/cfr10.mp4", e.media.port);
     let second = e.submit(&[copy], "d").await[0].id;
-    let b = wait_deduped(second).await;
+    let b = wait_pv(&e, second, "d", &busy, &[&agent]).await;
     assert_eq!((b.state, b.frames_deduped, b.kept_seq), (ProjectVideoState::Complete, Some(0), None), "{b:?}");
     let kept: Vec<i64> =
-        frames(format!("state=kept&video={first}")).await.items.iter().map(|f| f.frame_index).collect();
+        frames(&e, "d", &format!("state=kept&video={first}")).await.items.iter().map(|f| f.frame_index).collect();
     assert!(!kept.is_empty() && Some(kept.len() as i64) == a.frames_deduped, "{kept:?} vs {a:?}");
-    let dups = frames(format!("state=duplicate&video={second}")).await;
+    let dups = frames(&e, "d", &format!("state=duplicate&video={second}")).await;
     assert_eq!(dups.items.len(), 3, "{dups:?}");
     for f in &dups.items {
         let of = f.duplicate_of.expect("duplicate_of");
@@ -188,12 +158,7 @@ async fn dedup_drops_a_shared_scene_and_keeps_a_near_one(db: Db) {
         "filter": {"model": "meancolour", "positive_prompts": ["red"], "threshold": 0.5},
         "dedup": {"model": "thumbnail", "threshold": 0.9}}});
     create_project(&e, body).await;
-    let busy = [
-        ProjectVideoState::Pending,
-        ProjectVideoState::Filtering,
-        ProjectVideoState::Filtered,
-        ProjectVideoState::Deduping,
-    ];
+    let busy = DEDUP_BUSY;
     let a = e.submit(&[e.media.url("shots-a.mp4")], "s").await[0].id;
     let pa = wait_pv(&e, a, "s", &busy, &[&agent]).await;
     assert_eq!(

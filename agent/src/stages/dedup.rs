@@ -7,7 +7,6 @@
 //! `model.digest`; the completion carries a decision per frame.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dataminer_wire::{DedupDecision, DedupEmbedding, FilterFrame, FrameRef as WireFrameRef, LeasedTask, StageResult};
@@ -105,11 +104,7 @@ pub async fn run(
             threads: decode_threads,
         };
         let stop = || cancel.is_cancelled();
-        let total = refs.len().max(1);
-        let mut done = |n: usize| {
-            progress.frames.store(n as u64, Ordering::Relaxed);
-            progress.permille.store((n * 1000 / total) as u64, Ordering::Relaxed);
-        };
+        let mut done = |n: usize| progress.frames_done(n, refs.len());
         let (feats, times) = run.image_features(&refs, &stop, &mut done).map_err(|e| match e {
             BatchError::Stopped => TaskError::Stopped("cancelled during the dedup".into()),
             other => TaskError::retryable(other.to_string()),

@@ -6,7 +6,6 @@
 //! frames are not copied.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dataminer_wire::{FilterConfig, FilterFrame, LeasedTask, StageResult};
@@ -67,11 +66,7 @@ pub async fn run(
             threads: ctx.config.decode_threads as usize,
         };
         let stop = || cancel.is_cancelled();
-        let total = frames.len().max(1);
-        let mut done = |n: usize| {
-            progress.frames.store(n as u64, Ordering::Relaxed);
-            progress.permille.store((n * 1000 / total) as u64, Ordering::Relaxed);
-        };
+        let mut done = |n: usize| progress.frames_done(n, frames.len());
         let (feats, times) = run.image_features(&frames, &stop, &mut done).map_err(|e| match e {
             BatchError::Stopped => TaskError::Stopped("cancelled during the filter".into()),
             BatchError::Io { .. } => TaskError::retryable(e.to_string()),

@@ -64,6 +64,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Records `done` of `total` frames through a model stage.
+    pub fn frames_done(&self, done: usize, total: usize) {
+        self.frames.store(done as u64, Ordering::Relaxed);
+        self.permille.store((done * 1000 / total.max(1)) as u64, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self, stage: Stage) -> serde_json::Value {
         match stage {
             Stage::Download => {
