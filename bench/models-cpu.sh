@@ -5,9 +5,12 @@
 # the same TorchScript package), same package, frames, batch size and libtorch threads.
 # Prints one JSON line per side and package, then the ratios (BENCHMARKS.md).
 #   bash bench/models-cpu.sh [frames=128] [batch=16] [threads=2] [repeat=2]
+# DECODE_THREADS (default 2, the agent's default) sets the agent's decode threads; the
+# reference decodes on one thread (PIL), as its loop does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 frames="${1:-128}" batch="${2:-16}" threads="${3:-2}" repeat="${4:-2}"
+decode_threads="${DECODE_THREADS:-2}" # the agent's default (DATAMINER_DECODE_THREADS)
 eval "$(bash scripts/models/setup.sh --print-env)"
 work="target/bench-models"
 mkdir -p "$work/packages" "$work/data/frames"
@@ -32,7 +35,7 @@ cargo build -q --release --locked -p dataminer-bench --features models --bin dm-
 manifest="$work/data/frames/manifest-$frames.json"
 for pkg in siglip2-mid dinov2-mid; do
   ./target/release/dm-bench-models --package "$work/packages/$pkg" --frames "$manifest" --data-root "$work/data" \
-    --batch-size "$batch" --threads "$threads" --decode-threads 1 --repeat "$repeat" | tr -d '\n ' >"$work/rust-$pkg.json"
+    --batch-size "$batch" --threads "$threads" --decode-threads "$decode_threads" --repeat "$repeat" | tr -d '\n ' >"$work/rust-$pkg.json"
   "$py" scripts/models/reference.py --bench --package "$work/packages/$pkg" --frames "$manifest" \
     --data-root "$work/data" --batch-size "$batch" --threads "$threads" --bench-repeat "$repeat" \
     --positive "a photo" | tr -d '\n ' >"$work/ref-$pkg.json"
